@@ -1,0 +1,3 @@
+from multiplex.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""The one place every setting and limit of multiplex lives.
+
+Each field carries its default and a one-line help text in its metadata. The CLI
+flags, the TOML file (``--config``) and the ``MULTIPLEX_*`` environment variables all
+produce a :class:`Config`; the table in README.md is generated from these fields
+(``python -m multiplex.config``), and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def _list(help: str, **extra: Any) -> Any:
+    return field(default_factory=list, metadata={"help": help, **extra})
+
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass
+class Config:
+    # --- what to serve -----------------------------------------------------------
+    app: str | None = _opt(None, "The ASGI app as `module:attribute`.", positional=True)
+    factory: bool = _opt(False, "Treat the app as a factory: call it with no arguments.")
+    app_dir: str = _opt(".", "Directory put first on sys.path before importing the app.")
+    lifespan: str = _opt(
+        "auto",
+        "Lifespan protocol: `auto` (use it if the app supports it), `on` (required), `off`.",
+        choices=("auto", "on", "off"),
+    )
+    root_path: str = _opt("", "ASGI root_path: the prefix the app is mounted under.")
+
+    # --- where to listen ---------------------------------------------------------
+    bind: list[str] = _list(
+        "Address to listen on, repeatable: `host:port`, `[::]:port`, `unix:PATH`, `fd://N`."
+        " Default 127.0.0.1:8000.",
+        repeat=True,
+    )
+    backlog: int = _opt(2048, "Listen backlog of each TCP or unix socket.")
+
+    # --- TLS ---------------------------------------------------------------------
+    certfile: str | None = _opt(None, "PEM certificate chain; enables TLS on every bind.")
+    keyfile: str | None = _opt(None, "PEM private key for `certfile`.")
+    ca_certs: str | None = _opt(None, "PEM CA bundle used to verify client certificates.")
+    verify_client: bool = _opt(False, "Require a client certificate signed by `ca_certs`.")
+    alpn_protocols: list[str] = field(
+        default_factory=lambda: ["h2", "http/1.1"],
+        metadata={"help": "ALPN protocols offered on TLS, in order of preference.", "repeat": True},
+    )
+    h2c: bool = _opt(
+        False,
+        "Cleartext HTTP/2 on non-TLS binds, by prior knowledge and by `Upgrade: h2c`.",
+    )
+    keylog_file: str | None = _opt(None, "Write TLS secrets here (NSS key log format), for Wireshark.")
+
+    # --- process -----------------------------------------------------------------
+    loop: str = _opt(
+        "auto",
+        "Event loop: `auto` (uvloop when installed), `asyncio`, `uvloop`.",
+        choices=("auto", "asyncio", "uvloop"),
+    )
+    log_level: str = _opt(
+        "info",
+        "Log level of the `multiplex` loggers.",
+        choices=("critical", "error", "warning", "info", "debug"),
+    )
+    access_log: bool = _opt(True, "Log one line per request to the `multiplex.access` logger.")
+    server_header: str = _opt("multiplex", "Value of the `server` response header; empty to omit.")
+    date_header: bool = _opt(True, "Add a `date` header to responses that lack one.")
+
+    # --- timeouts (seconds) --------------------------------------------------------
+    graceful_timeout: float = _opt(
+        30.0, "On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled."
+    )
+    tls_handshake_timeout: float = _opt(10.0, "Longest a TLS handshake may take.")
+    keep_alive_timeout: float = _opt(
+        5.0, "An idle HTTP/1.1 connection (no request in progress) is closed after this."
+    )
+    h2_idle_timeout: float = _opt(
+        300.0, "An HTTP/2 connection with no open stream and no traffic is closed after this."
+    )
+    lifespan_timeout: float = _opt(60.0, "Longest lifespan startup or shutdown may take.")
+
+    # --- buffers -------------------------------------------------------------------
+    write_buffer_high: int = _opt(
+        64 * KiB,
+        "Bytes queued in a connection's transport before `send()` waits (backpressure).",
+    )
+    read_buffer_high: int = _opt(
+        64 * KiB,
+        "HTTP/1.1: request body bytes buffered for an app that is not reading before the"
+        " server stops reading the socket.",
+    )
+
+    # --- HTTP/1.1 limits -------------------------------------------------------------
+    h11_max_incomplete_event_size: int = _opt(
+        16 * KiB, "HTTP/1.1: longest request line plus headers, in bytes (431 beyond)."
+    )
+
+    # --- HTTP/2 limits and settings -----------------------------------------------------
+    h2_max_concurrent_streams: int = _opt(
+        100, "HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams a client may have open at once."
+    )
+    h2_initial_window_size: int = _opt(
+        256 * KiB,
+        "HTTP/2 SETTINGS_INITIAL_WINDOW_SIZE: request body bytes a stream may have in flight"
+        " before the app reads them.",
+    )
+    h2_connection_window_size: int = _opt(
+        1 * MiB, "HTTP/2 connection-level receive window (all streams together)."
+    )
+    h2_max_frame_size: int = _opt(
+        16 * KiB, "HTTP/2 SETTINGS_MAX_FRAME_SIZE: largest frame payload we accept."
+    )
+    h2_max_header_list_size: int = _opt(
+        64 * KiB, "HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: largest decoded header list we accept."
+    )
+
+    def __post_init__(self) -> None:
+        if not self.bind:
+            self.bind = ["127.0.0.1:8000"]
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def fields() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(Config))
+
+
+def markdown_table() -> str:
+    """The config table for README.md: one row per setting."""
+    rows = [
+        "| setting (TOML key) | CLI flag | environment | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    defaults = Config(bind=["127.0.0.1:8000"])
+    for f in fields():
+        flag = f.name if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
+        env = "MULTIPLEX_" + f.name.upper()
+        default = getattr(defaults, f.name)
+        if isinstance(default, list):
+            default = ", ".join(default)
+        rows.append(f"| `{f.name}` | `{flag}` | `{env}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.stdout.write(markdown_table() + "\n")
