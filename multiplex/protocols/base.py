@@ -1,0 +1,78 @@
+"""What every TCP connection protocol shares: the transport, write backpressure,
+registration with the server for graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from multiplex.errors import ClientDisconnected
+from multiplex.streams.seam import ConnectionInfo, ServerState
+
+logger = logging.getLogger("multiplex")
+
+
+class BaseConnection(asyncio.Protocol):
+    """Owns one transport. Subclasses own one sans-I/O state machine each."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, server: ServerState, info: ConnectionInfo) -> None:
+        self.server = server
+        self.config = server.config
+        self.info = info
+        self.closed = False
+        self.write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        # Pause writes (and so `send()`) once this much is queued in the transport.
+        transport.set_write_buffer_limits(high=self.config.write_buffer_high)
+        self.server.connections.add(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait while the transport's buffer is above its high-water mark."""
+        while self.write_paused:
+            if self.closed:
+                raise ClientDisconnected("connection closed")
+            waiter = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+        if self.closed:
+            raise ClientDisconnected("connection closed")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        self._wake_drain()
+
+    def close(self) -> None:
+        """Close after what is queued has been written."""
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: finish in-flight requests, accept no new ones."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Hard stop at the end of the graceful timeout."""
+        self.closed = True
+        self.transport.abort()

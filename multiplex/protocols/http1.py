@@ -1,0 +1,302 @@
+"""HTTP/1.1 over one TCP connection, with the h11 state machine.
+
+One request at a time (h11 holds pipelined requests until the response is done), each
+as an `HTTPStream` with a fresh id. Also the door to cleartext HTTP/2 via
+`Upgrade: h2c` (RFC 7540 section 3.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from http import HTTPStatus
+
+import h11
+
+from multiplex.errors import ClientDisconnected
+from multiplex.protocols.base import BaseConnection
+from multiplex.streams.http import HTTPStream
+from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState
+
+logger = logging.getLogger("multiplex")
+
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+class H11Protocol(BaseConnection):
+    def __init__(self, server: ServerState, info: ConnectionInfo) -> None:
+        super().__init__(server, info)
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_event_size
+        )
+        self.stream: HTTPStream | None = None
+        self.stream_id = 0
+        self.buffered = 0  # request body bytes given to the stream, not yet read by the app
+        self.read_paused = False
+        self.response_done = False
+        self.keep_alive = True
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._h2c_pending: tuple[Request, bytes] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_idle_timer()
+
+    def start_with(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Start on a transport another protocol already read `data` from."""
+        self.connection_made(transport)
+        if data:
+            self.data_received(data)
+
+    # --- input -------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._cancel_idle_timer()
+        self.conn.receive_data(data)
+        self._handle_events()
+
+    def eof_received(self) -> bool | None:
+        self.conn.receive_data(b"")
+        self._handle_events()
+        return None  # let asyncio close the transport
+
+    def _handle_events(self) -> None:
+        conn = self.conn
+        while not self.closed:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._reject(exc.error_status_hint, str(exc))
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                stream = self.stream
+                if stream is not None:
+                    data = event.data  # type: ignore[union-attr]
+                    self.buffered += len(data)
+                    stream.feed_body(data)
+                    if self.buffered > self.config.read_buffer_high and not self.read_paused:
+                        self.read_paused = True
+                        self.transport.pause_reading()
+            elif kind is h11.Request:
+                self._on_request(event)  # type: ignore[arg-type]
+            elif kind is h11.EndOfMessage:
+                if self.stream is not None:
+                    self.stream.feed_end()
+                elif self._h2c_pending is not None:
+                    self._upgrade_h2c()
+                    return
+            elif event is h11.NEED_DATA:
+                return
+            elif event is h11.PAUSED:
+                # Pipelined requests wait in h11's buffer until this response is done;
+                # stop reading if a client keeps piling them up.
+                if not self.read_paused and len(conn.trailing_data[0]) > 65536:
+                    self.read_paused = True
+                    self.transport.pause_reading()
+                return
+            elif kind is h11.ConnectionClosed:
+                if self.stream is not None:
+                    self.stream.feed_disconnect()
+                self.close()
+                return
+
+    def _on_request(self, event: h11.Request) -> None:
+        headers: Headers = list(event.headers)
+        self.stream_id += 1
+        self.response_done = False
+        expect = self.conn.they_are_waiting_for_100_continue
+        request = Request(event.method.decode("ascii"), event.target, headers, expect)
+        if self.config.h2c and self.info.scheme == "http":
+            settings = _h2c_settings(headers)
+            if settings is not None:
+                # Answer over HTTP/2 once the (bodiless) request is complete.
+                self._h2c_pending = (request, settings)
+                return
+        stream = HTTPStream(self, self.stream_id, request, self.info, self.server)
+        self.stream = stream
+        stream.start()
+
+    def _reject(self, status: int, reason: str) -> None:
+        logger.info("Bad HTTP/1.1 request from %s: %s", self.info.client, reason)
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and self.stream is None:
+            body = f"{status} {_REASONS.get(status, b'').decode()}: {reason}\n".encode()
+            headers = [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            try:
+                out = self.conn.send(h11.Response(status_code=status, headers=headers))
+                out += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
+                self.transport.write(out)
+            except h11.LocalProtocolError:
+                pass
+        if self.stream is not None:
+            self.stream.feed_disconnect()
+        self.close()
+
+    # --- h2c upgrade ---------------------------------------------------------------------
+
+    def _upgrade_h2c(self) -> None:
+        from multiplex.protocols.http2 import H2Protocol
+
+        pending, self._h2c_pending = self._h2c_pending, None
+        if pending is None:
+            return
+        request, settings = pending
+        self.transport.write(
+            self.conn.send(
+                h11.InformationalResponse(
+                    status_code=101,
+                    headers=[(b"connection", b"Upgrade"), (b"upgrade", b"h2c")],
+                    reason=b"Switching Protocols",
+                )
+            )
+        )
+        rest = self.conn.trailing_data[0]
+        self._cancel_idle_timer()
+        self.server.connections.discard(self)
+        self.closed = True  # this object is done; the transport lives on under h2
+        info = ConnectionInfo("2", self.info.scheme, self.info.client, self.info.server)
+        h2proto = H2Protocol(self.server, info)
+        self.transport.set_protocol(h2proto)
+        h2proto.start_upgraded(self.transport, settings, request, rest)
+
+    # --- Wire verbs --------------------------------------------------------------------
+
+    def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
+        if stream_id != self.stream_id or self.closed:
+            return
+        try:
+            self.transport.write(
+                self.conn.send(
+                    h11.InformationalResponse(
+                        status_code=status, headers=headers, reason=_REASONS.get(status, b"")
+                    )
+                )
+            )
+        except h11.LocalProtocolError:
+            pass
+
+    def send_head(self, stream_id: int, status: int, headers: Headers, end: bool) -> None:
+        if stream_id != self.stream_id or self.closed:
+            return
+        if self.server.shutting_down.is_set():
+            self.keep_alive = False
+            headers.append((b"connection", b"close"))
+        try:
+            out = self.conn.send(
+                h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+            )
+            if end:
+                out += self.conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            self.close()
+            raise RuntimeError(f"invalid response head: {exc}") from None
+        self.transport.write(out)
+        if end:
+            self._response_complete()
+
+    async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
+        if stream_id != self.stream_id or self.closed:
+            raise ClientDisconnected("connection closed")
+        conn = self.conn
+        try:
+            out = conn.send_with_data_passthrough(h11.Data(data=data)) if data else []
+            if end:
+                out.append(conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError as exc:
+            self.close()
+            raise RuntimeError(f"invalid response body: {exc}") from None
+        self.transport.writelines(out)
+        if end:
+            self._response_complete()
+        elif self.write_paused:
+            await self.drain()
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        if stream_id != self.stream_id:
+            return
+        self.buffered -= n
+        if self.read_paused and self.buffered <= self.config.read_buffer_high // 2:
+            self.read_paused = False
+            if not self.closed:
+                self.transport.resume_reading()
+
+    def reset(self, stream_id: int) -> None:
+        # HTTP/1.1 has no way to abort one response but to close the connection.
+        if stream_id == self.stream_id:
+            self.close()
+
+    def stream_complete(self, stream_id: int) -> None:
+        pass
+
+    # --- keep-alive --------------------------------------------------------------------
+
+    def _response_complete(self) -> None:
+        conn = self.conn
+        if self.response_done:
+            return
+        self.response_done = True
+        if conn.our_state is h11.MUST_CLOSE or not self.keep_alive:
+            self.close()
+            return
+        if conn.their_state is not h11.DONE:
+            # The client is still sending a body the app did not want; rather than read
+            # and discard it, end the connection (the response itself is complete).
+            if self.stream is not None:
+                self.stream.feed_disconnect()
+            self.close()
+            return
+        self.stream = None
+        self.buffered = 0
+        conn.start_next_cycle()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self._arm_idle_timer()
+        # Pipelined requests may already be waiting in h11's buffer.
+        self.loop.call_soon(self._handle_events)
+
+    def _arm_idle_timer(self) -> None:
+        self._cancel_idle_timer()
+        self._idle_timer = self.loop.call_later(self.config.keep_alive_timeout, self._idle)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if self.conn.our_state is h11.IDLE and self.conn.their_state is h11.IDLE:
+            self.close()
+
+    def shutdown(self) -> None:
+        self.keep_alive = False
+        if self.stream is None or self.response_done:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._cancel_idle_timer()
+        if self.stream is not None:
+            self.stream.feed_disconnect()
+
+
+def _h2c_settings(headers: Headers) -> bytes | None:
+    """The HTTP2-Settings of a request that asks for `Upgrade: h2c` and has no body."""
+    upgrade = settings = None
+    for name, value in headers:
+        if name == b"upgrade":
+            upgrade = value
+        elif name == b"http2-settings":
+            settings = value
+        elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return None  # RFC 7540 3.2 lets us ignore the upgrade; a body makes it costly
+    if upgrade is None or settings is None:
+        return None
+    if b"h2c" not in [token.strip().lower() for token in upgrade.split(b",")]:
+        return None
+    return settings

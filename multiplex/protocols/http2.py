@@ -1,0 +1,354 @@
+"""HTTP/2 over one TCP connection, with the h2 state machine.
+
+Turns h2 events into stream calls and the `Wire` verbs into h2 calls. Output is
+batched: whatever h2 queued is written once per event-loop turn (or at once when a
+body chunk is large), so many small responses share one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
+
+from multiplex.errors import ClientDisconnected
+from multiplex.protocols.base import BaseConnection
+from multiplex.streams.http import HTTPStream
+from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState
+
+logger = logging.getLogger("multiplex")
+
+# RFC 9113 section 8.2.2: never forward these on HTTP/2.
+CONNECTION_SPECIFIC = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"]
+)
+# Flush at once rather than at the end of the loop turn past this many unflushed bytes.
+FLUSH_THRESHOLD = 64 * 1024
+
+_STATUS = {code: str(code).encode() for code in range(100, 600)}
+
+
+class H2Protocol(BaseConnection):
+    def __init__(self, server: ServerState, info: ConnectionInfo) -> None:
+        super().__init__(server, info)
+        config = self.config
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                # Our stream layer lowercases and we filter connection headers below:
+                # skip h2's second pass over every outgoing header.
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: config.h2_max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: config.h2_initial_window_size,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: config.h2_max_frame_size,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: config.h2_max_header_list_size,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        self.streams: dict[int, HTTPStream] = {}
+        self._window_waiters: dict[int, asyncio.Future[None]] = {}
+        self._flush_scheduled = False
+        self._unflushed = 0
+        self._goaway_last_id: int | None = None  # set once we sent a graceful GOAWAY
+        self._peer_goaway = False
+        self._handlers: dict[type[Any], Any] = {
+            h2.events.RequestReceived: self._on_request,
+            h2.events.DataReceived: self._on_data,
+            h2.events.StreamEnded: self._on_stream_ended,
+            h2.events.StreamReset: self._on_stream_reset,
+            h2.events.WindowUpdated: self._on_window_updated,
+            h2.events.RemoteSettingsChanged: self._on_settings_changed,
+            h2.events.ConnectionTerminated: self._on_terminated,
+            h2.events.TrailersReceived: self._on_trailers,
+        }
+
+    # --- set-up ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.h2.initiate_connection()
+        self._open_connection_window()
+        self._flush()
+
+    def start_upgraded(
+        self, transport: asyncio.Transport, settings: bytes, request: Request, rest: bytes
+    ) -> None:
+        """Take over a connection after `101 Switching Protocols` (RFC 7540 section 3.2):
+        the upgrading request becomes stream 1, already half-closed by the client."""
+        super().connection_made(transport)
+        self.h2.initiate_upgrade_connection(settings)
+        self._open_connection_window()
+        self._new_stream(1, request).feed_end()
+        self._flush()
+        if rest:
+            self.data_received(rest)
+
+    def _open_connection_window(self) -> None:
+        extra = self.config.h2_connection_window_size - 65535
+        if extra > 0:
+            self.h2.increment_flow_control_window(extra)
+
+    # --- input -------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued the GOAWAY with the right code; send it and hang up.
+            logger.info("HTTP/2 protocol error from %s: %s", self._peer(), exc)
+            self._flush()
+            self.close()
+            return
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+        self._flush()
+
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        if self._goaway_last_id is not None and stream_id > self._goaway_last_id:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        method = path = authority = b""
+        headers: Headers = []
+        cookies: list[bytes] = []
+        for name, value in event.headers:
+            if name[0] == 58:  # b":"; h2 has checked which pseudo-headers are allowed
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+            elif name == b"cookie":
+                cookies.append(value)
+            else:
+                headers.append((name, value))
+        if cookies:
+            # RFC 9113 section 8.2.3: split cookie fields are joined for HTTP/1.1 apps.
+            headers.append((b"cookie", b"; ".join(cookies)))
+        if authority and not any(name == b"host" for name, _ in headers):
+            headers.insert(0, (b"host", authority))
+        expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
+        request = Request(method.decode("ascii"), path, headers, expect)
+        self._new_stream(stream_id, request)
+
+    def _new_stream(self, stream_id: int, request: Request) -> HTTPStream:
+        stream = HTTPStream(self, stream_id, request, self.info, self.server)
+        self.streams[stream_id] = stream
+        stream.start()
+        return stream
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        data = event.data
+        if stream is None:
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            return
+        padding = event.flow_controlled_length - len(data)
+        if padding:
+            self.h2.acknowledge_received_data(padding, event.stream_id)
+        if data:
+            stream.feed_body(data)
+
+    def _on_stream_ended(self, event: h2.events.StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.feed_end()
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        # ASGI has no request trailers; the END_STREAM they carry comes as StreamEnded.
+        pass
+
+    def _on_stream_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.feed_disconnect()
+        self._wake_window(event.stream_id)
+
+    def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id == 0:
+            self._wake_all_windows()
+        else:
+            self._wake_window(event.stream_id)
+
+    def _on_settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._wake_all_windows()
+
+    def _on_terminated(self, event: h2.events.ConnectionTerminated) -> None:
+        self._peer_goaway = True
+        if event.error_code != ErrorCodes.NO_ERROR:
+            logger.info(
+                "HTTP/2 GOAWAY from %s: %s %s",
+                self._peer(),
+                event.error_code,
+                (event.additional_data or b"").decode("latin-1"),
+            )
+            self.close()
+        elif not self.streams:
+            self.close()
+
+    # --- output ------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._unflushed = 0
+        data = self.h2.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
+        try:
+            self.h2.send_headers(stream_id, [(b":status", _STATUS[status]), *headers])
+        except h2.exceptions.StreamClosedError:
+            return
+        self._schedule_flush()
+
+    def send_head(self, stream_id: int, status: int, headers: Headers, end: bool) -> None:
+        if self.closed:
+            return
+        out = [(b":status", _STATUS[status])]
+        for header in headers:
+            if header[0] not in CONNECTION_SPECIFIC:
+                out.append(header)
+        try:
+            self.h2.send_headers(stream_id, out, end_stream=end)
+        except h2.exceptions.StreamClosedError:
+            return  # reset by the peer meanwhile; the stream knows
+        self._schedule_flush()
+
+    async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
+        h2conn = self.h2
+        while True:
+            if self.closed:
+                raise ClientDisconnected("connection closed")
+            if self.write_paused:
+                await self.drain()
+                continue
+            try:
+                if not data:
+                    if end:
+                        h2conn.end_stream(stream_id)
+                        self._schedule_flush()
+                    return
+                window = h2conn.local_flow_control_window(stream_id)
+            except h2.exceptions.StreamClosedError:
+                raise ClientDisconnected(f"stream {stream_id} closed by the client") from None
+            if window <= 0:
+                await self._wait_window(stream_id)
+                continue
+            size = min(window, len(data), h2conn.max_outbound_frame_size)
+            if size == len(data):
+                chunk, data = data, b""
+            else:
+                chunk, data = data[:size], data[size:]
+            h2conn.send_data(stream_id, chunk, end_stream=end and not data)
+            self._unflushed += size
+            if self._unflushed >= FLUSH_THRESHOLD:
+                self._flush()
+            else:
+                self._schedule_flush()
+            if not data:
+                return
+
+    async def _wait_window(self, stream_id: int) -> None:
+        waiter = self.loop.create_future()
+        self._window_waiters[stream_id] = waiter
+        try:
+            await waiter
+        finally:
+            if self._window_waiters.get(stream_id) is waiter:
+                del self._window_waiters[stream_id]
+
+    def _wake_window(self, stream_id: int) -> None:
+        waiter = self._window_waiters.pop(stream_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_all_windows(self) -> None:
+        waiters, self._window_waiters = self._window_waiters, {}
+        for waiter in waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        if n and not self.closed:
+            self.h2.acknowledge_received_data(n, stream_id)
+            self._schedule_flush()
+
+    def reset(self, stream_id: int) -> None:
+        if self.closed:
+            return
+        try:
+            self.h2.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._wake_window(stream_id)
+        self._schedule_flush()
+
+    def stream_complete(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+        self._window_waiters.pop(stream_id, None)
+        if self.closed:
+            return
+        h2stream = self.h2.streams.get(stream_id)
+        if h2stream is not None and not h2stream.closed:
+            # The response is complete but the client is still sending: RFC 9113
+            # section 8.1 lets us stop it without error.
+            try:
+                self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+            except h2.exceptions.StreamClosedError:
+                pass
+            self._schedule_flush()
+        if not self.streams and (self._goaway_last_id is not None or self._peer_goaway):
+            self._flush()
+            self.close()
+
+    # --- life cycle ----------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        if self.closed or self._goaway_last_id is not None:
+            return
+        # h2's close_connection() would refuse every later frame, including the rest of
+        # the in-flight responses; so the GOAWAY is framed here and h2 stays open.
+        self._goaway_last_id = self.h2.highest_inbound_stream_id
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self._goaway_last_id
+        frame.error_code = ErrorCodes.NO_ERROR
+        self._flush()
+        self.transport.write(frame.serialize())
+        if not self.streams:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        for stream in list(self.streams.values()):
+            stream.feed_disconnect()
+        self._wake_all_windows()
+
+    def _peer(self) -> str:
+        client = self.info.client
+        return f"{client[0]}:{client[1]}" if client else "unix socket"

@@ -1,0 +1,178 @@
+"""Listeners, lifespan, signals and graceful shutdown.
+
+`run(config)` is what the CLI calls; `Server` is the same thing in pieces, for embedding
+and for tests that need a live server in their own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+from typing import Any
+
+from multiplex.app import ASGIApp, load_app
+from multiplex.config import Config
+from multiplex.errors import StartupError
+from multiplex.lifespan import Lifespan
+from multiplex.protocols.dispatch import Dispatcher
+from multiplex.settings import parse_bind
+from multiplex.streams.seam import ServerState
+
+logger = logging.getLogger("multiplex")
+
+
+class Server:
+    def __init__(self, config: Config, app: ASGIApp | None = None) -> None:
+        self.config = config
+        self._app = app
+        self.listeners: list[asyncio.Server] = []
+        self.state: ServerState | None = None
+        self.lifespan: Lifespan | None = None
+        self.should_exit = asyncio.Event()
+
+    @property
+    def addresses(self) -> list[Any]:
+        """Every bound address (real ports when 0 was asked for)."""
+        return [sock.getsockname() for listener in self.listeners for sock in listener.sockets]
+
+    async def start(self) -> None:
+        config = self.config
+        app = self._app if self._app is not None else load_app(config)
+        ssl_context: ssl.SSLContext | None = None
+        if config.tls:
+            from multiplex.tls import create_ssl_context
+
+            ssl_context = create_ssl_context(config)
+        lifespan_state: dict[str, Any] = {}
+        self.lifespan = Lifespan(app, config, lifespan_state)
+        await self.lifespan.startup()
+        self.state = ServerState(app, config, lifespan_state)
+        self.state.access_log = config.access_log and logging.getLogger(
+            "multiplex.access"
+        ).isEnabledFor(logging.INFO)
+        try:
+            for bind in config.bind:
+                self.listeners.append(await self._listen(bind, ssl_context))
+        except BaseException:
+            for listener in self.listeners:
+                listener.close()
+            await self.lifespan.shutdown()
+            raise
+        scheme = "https" if ssl_context else "http"
+        protocols = (
+            ", ".join(config.alpn_protocols)
+            if ssl_context
+            else ("http/1.1, h2c" if config.h2c else "http/1.1")
+        )
+        for address in self.addresses:
+            logger.info("Listening on %s (%s)", _url(scheme, address), protocols)
+
+    async def _listen(self, bind: str, ssl_context: ssl.SSLContext | None) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        state = self.state
+        assert state is not None
+        tls = ssl_context is not None
+
+        def factory() -> Dispatcher:
+            return Dispatcher(state, tls)
+
+        where = parse_bind(bind)
+        common: dict[str, Any] = {"backlog": self.config.backlog}
+        if ssl_context is not None:
+            common["ssl"] = ssl_context
+            common["ssl_handshake_timeout"] = self.config.tls_handshake_timeout
+        try:
+            if where.kind == "unix":
+                assert where.path is not None
+                with contextlib.suppress(FileNotFoundError):
+                    if os.path.exists(where.path) and _is_socket(where.path):
+                        os.unlink(where.path)  # a stale socket from an earlier run
+                return await loop.create_unix_server(factory, where.path, **common)
+            if where.kind == "fd":
+                assert where.fd is not None
+                sock = socket.socket(fileno=where.fd)
+                if sock.family == socket.AF_UNIX:
+                    return await loop.create_unix_server(factory, sock=sock, **common)
+                return await loop.create_server(factory, sock=sock, **common)
+            return await loop.create_server(
+                factory, where.host, where.port, reuse_address=True, **common
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {bind}: {exc.strerror or exc}") from None
+
+    async def serve(self) -> None:
+        """Serve until `should_exit` is set, then shut down gracefully."""
+        await self.should_exit.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        state = self.state
+        if state is None:
+            return
+        logger.info("Shutting down: no new connections; waiting for in-flight requests")
+        state.shutting_down.set()
+        for listener in self.listeners:
+            listener.close()
+        for connection in list(state.connections):
+            connection.shutdown()
+        deadline = asyncio.get_running_loop().time() + self.config.graceful_timeout
+        while state.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if state.connections:
+            logger.warning(
+                "Graceful timeout: closing %d connection(s) with requests in flight",
+                len(state.connections),
+            )
+            for connection in list(state.connections):
+                connection.abort()
+        await self._cancel_app_tasks()
+        for listener in self.listeners:
+            await listener.wait_closed()
+        if self.lifespan is not None:
+            await self.lifespan.shutdown()
+        self.state = None
+
+    async def _cancel_app_tasks(self) -> None:
+        assert self.state is not None
+        tasks = list(self.state.tasks)
+        if tasks:
+            await asyncio.sleep(0)  # let closes arrive as http.disconnect first
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _is_socket(path: str) -> bool:
+    import stat
+
+    return stat.S_ISSOCK(os.stat(path).st_mode)
+
+
+def _url(scheme: str, address: Any) -> str:
+    if isinstance(address, tuple):
+        host = address[0]
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{address[1]}"
+    return f"{scheme}+unix://{address}"
+
+
+async def serve(config: Config, app: ASGIApp | None = None) -> None:
+    server = Server(config, app)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, server.should_exit.set)
+    await server.serve()
+
+
+def run(config: Config) -> int:
+    """Run until SIGINT/SIGTERM; the CLI has chosen the event loop policy already."""
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,99 @@
+"""The seam between wire protocols and the ASGI stream layer.
+
+Below it, HTTP/1.1, HTTP/2 and HTTP/3 each turn their library's events into calls on a
+stream (`Request` to make one, then `feed_body`, `feed_end`, `feed_disconnect`). Above
+it, the stream calls back into its connection through the `Wire` verbs only. A feature
+that needs to know which HTTP version it runs on above this line is a missing verb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from multiplex.app import ASGIApp
+    from multiplex.config import Config
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Wire(Protocol):
+    """What a stream may ask of the connection that carries it."""
+
+    def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
+        """Send a 1xx response head (100 Continue, 103 Early Hints)."""
+
+    def send_head(self, stream_id: int, status: int, headers: Headers, end: bool) -> None:
+        """Send the final response head; `end` means there is no body."""
+
+    async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
+        """Send body bytes. Returns once they are on their way within the peer's
+        flow-control window and the transport's buffer: this is where backpressure lives.
+        Raises ClientDisconnected if the stream or connection is gone."""
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        """The app has read `n` request body bytes: give that much credit back."""
+
+    def reset(self, stream_id: int) -> None:
+        """Abort the stream after a failure (RST_STREAM; on HTTP/1.1 close the connection)."""
+
+    def stream_complete(self, stream_id: int) -> None:
+        """The stream's app task has finished; the connection may clean up or go on."""
+
+
+class Request:
+    """A request head, already validated by the wire protocol."""
+
+    __slots__ = ("expect_continue", "headers", "method", "raw_target")
+
+    def __init__(
+        self, method: str, raw_target: bytes, headers: Headers, expect_continue: bool = False
+    ) -> None:
+        self.method = method
+        self.raw_target = raw_target  # path and query as sent (origin-form)
+        self.headers = headers  # lowercase names; h2/h3 pseudo-headers already removed
+        self.expect_continue = expect_continue
+
+
+class ConnectionInfo:
+    """What every stream of one connection shares: addresses, scheme, version, TLS."""
+
+    __slots__ = ("client", "extensions", "http_version", "scheme", "server")
+
+    def __init__(
+        self,
+        http_version: str,
+        scheme: str,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+        extensions: dict[str, Any] | None = None,
+    ) -> None:
+        self.http_version = http_version
+        self.scheme = scheme
+        self.client = client
+        self.server = server
+        self.extensions = extensions if extensions is not None else {}
+
+
+class ServerState:
+    """Shared by every connection of one server: the app, config and lifespan state."""
+
+    __slots__ = (
+        "access_log",
+        "app",
+        "config",
+        "connections",
+        "lifespan_state",
+        "shutting_down",
+        "tasks",
+    )
+
+    def __init__(self, app: ASGIApp, config: Config, lifespan_state: dict[str, Any]) -> None:
+        self.app = app
+        self.config = config
+        self.lifespan_state = lifespan_state
+        self.access_log = False
+        self.connections: set[Any] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # app tasks, cancelled at shutdown's end
+        self.shutting_down = asyncio.Event()

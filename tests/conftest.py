@@ -1,0 +1,100 @@
+"""Fixtures that run a real multiplex server on loopback for the tests.
+
+`run_server(app, **config)` starts a `Server` in a background thread with its own event
+loop, bound to a free port on 127.0.0.1, and stops it (gracefully) when the test ends.
+Clients are real: httpx, curl, nghttp, raw sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multiplex.config import Config
+from multiplex.server import Server
+
+
+class RunningServer:
+    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop, tls: bool) -> None:
+        self.server = server
+        self.loop = loop
+        address = server.addresses[0]
+        self.host, self.port = address[0], address[1]
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the server's loop thread (to look at its state safely)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # pragma: no cover - surfaced to the test
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return future.result(timeout=10)
+
+    def shutdown(self) -> None:
+        """Graceful shutdown, as SIGTERM would do; returns when it is complete."""
+        asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(timeout=60)
+
+
+@pytest.fixture
+def run_server() -> Iterator[Callable[..., RunningServer]]:
+    started: list[tuple[RunningServer, threading.Thread]] = []
+
+    def start(app: Any, **overrides: Any) -> RunningServer:
+        overrides.setdefault("bind", ["127.0.0.1:0"])
+        overrides.setdefault("access_log", False)
+        overrides.setdefault("lifespan", "off")
+        config = Config(**overrides)
+        loop = asyncio.new_event_loop()
+        ready: concurrent.futures.Future[Server] = concurrent.futures.Future()
+        stopped = asyncio.Event()
+
+        async def main() -> None:
+            server = Server(config, app)
+            try:
+                await server.start()
+            except BaseException as exc:
+                ready.set_exception(exc)
+                return
+            ready.set_result(server)
+            await stopped.wait()
+
+        thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+        thread.start()
+        server = ready.result(timeout=30)
+        running = RunningServer(server, loop, tls=config.tls)
+        running.stopped = stopped  # type: ignore[attr-defined]
+        started.append((running, thread))
+        return running
+
+    yield start
+    for running, thread in started:
+        if running.server.state is not None:
+            running.shutdown()
+        running.loop.call_soon_threadsafe(running.stopped.set)  # type: ignore[attr-defined]
+        thread.join(timeout=30)
+        running.loop.close()
+
+
+@pytest.fixture(scope="session")
+def dev_certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from multiplex import devcerts
+
+    return devcerts.ensure(Path(tmp_path_factory.mktemp("certs")))
+
+
+@pytest.fixture
+def tls_config(dev_certs: Any) -> dict[str, Any]:
+    """Config overrides for a TLS server with the session's development certificate."""
+    return {"certfile": str(dev_certs.cert), "keyfile": str(dev_certs.key)}
