@@ -60,7 +60,9 @@ class Config:
         False,
         "Cleartext HTTP/2 on non-TLS binds, by prior knowledge and by `Upgrade: h2c`.",
     )
-    keylog_file: str | None = _opt(None, "Write TLS secrets here (NSS key log format), for Wireshark.")
+    keylog_file: str | None = _opt(
+        None, "Write TLS secrets here (NSS key log format), for Wireshark."
+    )
 
     # --- process -----------------------------------------------------------------
     loop: str = _opt(

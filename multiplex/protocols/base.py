@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from multiplex.errors import ClientDisconnected
 from multiplex.streams.seam import ConnectionInfo, ServerState
@@ -27,8 +28,8 @@ class BaseConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
+        self.transport = cast(asyncio.Transport, transport)
         # Pause writes (and so `send()`) once this much is queued in the transport.
         transport.set_write_buffer_limits(high=self.config.write_buffer_high)
         self.server.connections.add(self)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, cast
 
 from multiplex.protocols.http1 import H11Protocol
 from multiplex.protocols.http2 import H2Protocol
@@ -29,8 +29,8 @@ class Dispatcher(asyncio.Protocol):
         self.buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -43,7 +43,17 @@ class Dispatcher(asyncio.Protocol):
             self._switch("2" if alpn == "h2" else "1.1", b"")
         elif not self.server.config.h2c:
             self._switch("1.1", b"")
-        # else: wait for the first bytes to tell HTTP/2 prior knowledge from HTTP/1.1
+        else:
+            # Wait for the first bytes to tell HTTP/2 prior knowledge from HTTP/1.1.
+            self.server.connections.add(self)
+
+    def shutdown(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -53,7 +63,7 @@ class Dispatcher(asyncio.Protocol):
         self._switch("2" if head == PREFACE else "1.1", self.buffer)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        pass
+        self.server.connections.discard(self)
 
     def _info(self, http_version: str) -> ConnectionInfo:
         transport = self.transport
@@ -78,6 +88,7 @@ class Dispatcher(asyncio.Protocol):
     def _switch(self, http_version: str, data: bytes) -> None:
         transport = self.transport
         assert transport is not None
+        self.server.connections.discard(self)
         info = self._info(http_version)
         if http_version == "2":
             h2proto = H2Protocol(self.server, info)

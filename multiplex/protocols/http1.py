@@ -203,7 +203,7 @@ class H11Protocol(BaseConnection):
             raise ClientDisconnected("connection closed")
         conn = self.conn
         try:
-            out = conn.send_with_data_passthrough(h11.Data(data=data)) if data else []
+            out = (conn.send_with_data_passthrough(h11.Data(data=data)) or []) if data else []
             if end:
                 out.append(conn.send(h11.EndOfMessage()))
         except h11.LocalProtocolError as exc:

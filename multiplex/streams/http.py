@@ -49,19 +49,19 @@ class HTTPStream:
         "body_bytes",
         "chunks",
         "disconnected",
-        "ended",
         "end_delivered",
+        "ended",
         "expect_continue",
         "head_only",
         "info",
         "request",
         "response_headers",
         "scope",
+        "server",
         "start_time",
         "state",
         "status",
         "stream_id",
-        "server",
         "task",
         "waiter",
         "wire",
@@ -259,6 +259,9 @@ class HTTPStream:
                     f"http.response.body: body must be bytes, got {type(body).__name__}"
                 )
         more = bool(message.get("more_body", False))
+        # A HEAD response carries the length a GET would have had, when the app gave the
+        # body; an app that gave none for HEAD does not know it, so none is claimed.
+        known: bytes | None = body if body or not self.head_only else None
         if self.head_only or _no_body_status(self.status):
             body = b""  # the head says what the body would be; none goes out
         wire = self.wire
@@ -266,7 +269,6 @@ class HTTPStream:
             self.state = RESPONSE_BODY
             if not more:
                 self.state = RESPONSE_DONE
-                known = body if not self.head_only else None
                 wire.send_head(self.stream_id, self.status, self._final_headers(known), not body)
                 if body:
                     self.body_bytes += len(body)
