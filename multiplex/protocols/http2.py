@@ -60,6 +60,11 @@ class H2Protocol(BaseConnection):
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
             },
         )
+        # h2 copied these two limits from its default settings in its __init__, and the
+        # client's ACK of our first SETTINGS changes nothing it tracks: apply what we
+        # announce. (Before the ACK this only accepts more: our frame size is >= 16384.)
+        self.h2.max_inbound_frame_size = config.h2_max_frame_size
+        self.h2.decoder.max_header_list_size = config.h2_max_header_list_size
         self.streams: dict[int, HTTPStream] = {}
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._flush_scheduled = False
