@@ -167,11 +167,6 @@ def test_3_4_invalid_preface_over_tls_is_a_connection_error(
     assert recorder.paths == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="h2c falls back to HTTP/1.1 and h11 accepts the request line 'PRI * HTTP/2.0':"
-    " the app is called (method PRI, path '*') and answered 200 instead of a refusal",
-)
 def test_3_4_invalid_preface_h2c_is_not_served(serve: Serve, recorder: Recorder) -> None:
     """RFC 9113 section 3.4 with prior knowledge: bytes that are not the preface are not
     HTTP/2. Our h2c listener hands them to HTTP/1.1, which must refuse a request line of
