@@ -102,6 +102,12 @@ class H11Protocol(BaseConnection):
                 return
 
     def _on_request(self, event: h11.Request) -> None:
+        # h11 bounds only a head still incomplete; one that arrived whole in a single
+        # read is checked here against the same limit.
+        size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
+        if size > self.config.h11_max_incomplete_event_size:
+            self._reject(431, "request header fields too large")
+            return
         headers: Headers = list(event.headers)
         self.stream_id += 1
         self.response_done = False
@@ -127,7 +133,11 @@ class H11Protocol(BaseConnection):
                 (b"connection", b"close"),
             ]
             try:
-                out = self.conn.send(h11.Response(status_code=status, headers=headers))
+                out = self.conn.send(
+                    h11.Response(
+                        status_code=status, headers=headers, reason=_REASONS.get(status, b"")
+                    )
+                )
                 out += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
                 self.transport.write(out)
             except h11.LocalProtocolError:
