@@ -102,6 +102,11 @@ class H11Protocol(BaseConnection):
                 return
 
     def _on_request(self, event: h11.Request) -> None:
+        if event.http_version not in (b"1.1", b"1.0"):
+            # h11 parses any HTTP/x.y request line; `PRI * HTTP/2.0` here is a broken
+            # HTTP/2 preface, not a request to hand to the app (RFC 9112 section 2.3).
+            self._reject(505, f"HTTP/{event.http_version.decode('latin-1')} is not served here")
+            return
         # h11 bounds only a head still incomplete; one that arrived whole in a single
         # read is checked here against the same limit.
         size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
