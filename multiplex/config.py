@@ -88,7 +88,7 @@ class Config:
         5.0, "An idle HTTP/1.1 connection (no request in progress) is closed after this."
     )
     h2_idle_timeout: float = _opt(
-        300.0, "An HTTP/2 connection with no open stream and no traffic is closed after this."
+        300.0, "An HTTP/2 connection with no open stream for this long gets a GOAWAY and is closed."
     )
     lifespan_timeout: float = _opt(60.0, "Longest lifespan startup or shutdown may take.")
 
@@ -125,6 +125,35 @@ class Config:
     )
     h2_max_header_list_size: int = _opt(
         64 * KiB, "HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: largest decoded header list we accept."
+    )
+
+    # --- HTTP/3 over QUIC -------------------------------------------------------------
+    quic_bind: list[str] = _list(
+        "UDP address for HTTP/3, repeatable (`host:port`, `[::]:port`); needs `certfile`."
+        " TCP responses then advertise it with `alt-svc`.",
+        repeat=True,
+    )
+    quic_retry: bool = _opt(
+        False, "QUIC: validate client addresses with a Retry round trip before any work."
+    )
+    quic_idle_timeout: float = _opt(60.0, "QUIC: close a connection idle for this long.")
+    quic_max_streams: int = _opt(
+        100, "HTTP/3: request streams a client may have open at once (QUIC MAX_STREAMS)."
+    )
+    quic_max_data: int = _opt(
+        1 * MiB, "QUIC: request body bytes all streams of a connection may have unread."
+    )
+    quic_max_stream_data: int = _opt(
+        256 * KiB, "QUIC: request body bytes one stream may have in flight before the app reads."
+    )
+    quic_send_buffer: int = _opt(
+        256 * KiB,
+        "QUIC: response bytes a stream may have unacknowledged before `send()` waits"
+        " (aioquic would buffer without limit).",
+    )
+    quic_qlog_dir: str | None = _opt(None, "QUIC: write one qlog file per connection here.")
+    quic_congestion_control: str = _opt(
+        "reno", "QUIC congestion control algorithm.", choices=("reno", "cubic")
     )
 
     def __post_init__(self) -> None:

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multiplex.app import ASGIApp, load_app
 from multiplex.config import Config
@@ -23,6 +23,9 @@ from multiplex.protocols.dispatch import Dispatcher
 from multiplex.settings import parse_bind
 from multiplex.streams.seam import ServerState
 
+if TYPE_CHECKING:
+    from multiplex.protocols.quic import QuicEndpoint
+
 logger = logging.getLogger("multiplex")
 
 
@@ -31,6 +34,7 @@ class Server:
         self.config = config
         self._app = app
         self.listeners: list[asyncio.Server] = []
+        self.quic_endpoints: list[QuicEndpoint] = []
         self.state: ServerState | None = None
         self.lifespan: Lifespan | None = None
         self.should_exit = asyncio.Event()
@@ -56,11 +60,15 @@ class Server:
             "multiplex.access"
         ).isEnabledFor(logging.INFO)
         try:
+            if config.quic_bind:
+                await self._listen_quic()
             for bind in config.bind:
                 self.listeners.append(await self._listen(bind, ssl_context))
         except BaseException:
             for listener in self.listeners:
                 listener.close()
+            for endpoint in self.quic_endpoints:
+                endpoint.close()
             await self.lifespan.shutdown()
             raise
         scheme = "https" if ssl_context else "http"
@@ -71,6 +79,31 @@ class Server:
         )
         for address in self.addresses:
             logger.info("Listening on %s (%s)", _url(scheme, address), protocols)
+        for endpoint in self.quic_endpoints:
+            logger.info("Listening on %s (h3, UDP)", _url("https", endpoint.address))
+
+    async def _listen_quic(self) -> None:
+        from multiplex.protocols.quic import QuicEndpoint, quic_configuration
+
+        state = self.state
+        assert state is not None
+        configuration = quic_configuration(self.config)
+        loop = asyncio.get_running_loop()
+        for bind in self.config.quic_bind:
+            where = parse_bind(bind)
+            if where.kind != "tcp" or where.host is None or where.port is None:
+                raise StartupError(f"--quic-bind {bind}: QUIC needs a host:port address")
+            try:
+                _, endpoint = await loop.create_datagram_endpoint(
+                    lambda: QuicEndpoint(state, configuration),
+                    local_addr=(where.host, where.port),
+                )
+            except OSError as exc:
+                raise StartupError(f"cannot listen on UDP {bind}: {exc.strerror or exc}") from None
+            self.quic_endpoints.append(endpoint)
+        port = self.quic_endpoints[0].address[1] if self.quic_endpoints[0].address else 0
+        # RFC 9114 section 3.1.1: tell TCP clients where HTTP/3 is.
+        state.alt_svc = [(b"alt-svc", f'h3=":{port}"; ma=86400'.encode())]
 
     async def _listen(self, bind: str, ssl_context: ssl.SSLContext | None) -> asyncio.Server:
         loop = asyncio.get_running_loop()
@@ -131,6 +164,8 @@ class Server:
             for connection in list(state.connections):
                 connection.abort()
         await self._cancel_app_tasks()
+        for endpoint in self.quic_endpoints:
+            endpoint.close()
         for listener in self.listeners:
             await listener.wait_closed()
         if self.lifespan is not None:

@@ -31,7 +31,7 @@ class BaseConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
         self.transport = cast(asyncio.Transport, transport)
         # Pause writes (and so `send()`) once this much is queued in the transport.
-        transport.set_write_buffer_limits(high=self.config.write_buffer_high)
+        self.transport.set_write_buffer_limits(high=self.config.write_buffer_high)
         self.server.connections.add(self)
 
     def pause_writing(self) -> None:

@@ -83,6 +83,7 @@ class Dispatcher(asyncio.Protocol):
             _address(transport.get_extra_info("peername")),
             server,
             extensions,
+            self.server.alt_svc,
         )
 
     def _switch(self, http_version: str, data: bytes) -> None:

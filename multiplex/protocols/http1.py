@@ -173,7 +173,10 @@ class H11Protocol(BaseConnection):
         self._cancel_idle_timer()
         self.server.connections.discard(self)
         self.closed = True  # this object is done; the transport lives on under h2
-        info = ConnectionInfo("2", self.info.scheme, self.info.client, self.info.server)
+        old = self.info
+        info = ConnectionInfo(
+            "2", old.scheme, old.client, old.server, old.extensions, old.response_headers
+        )
         h2proto = H2Protocol(self.server, info)
         self.transport.set_protocol(h2proto)
         h2proto.start_upgraded(self.transport, settings, request, rest)

@@ -71,6 +71,7 @@ class H2Protocol(BaseConnection):
         self._unflushed = 0
         self._goaway_last_id: int | None = None  # set once we sent a graceful GOAWAY
         self._peer_goaway = False
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._handlers: dict[type[Any], Any] = {
             h2.events.RequestReceived: self._on_request,
             h2.events.DataReceived: self._on_data,
@@ -89,6 +90,7 @@ class H2Protocol(BaseConnection):
         self.h2.initiate_connection()
         self._open_connection_window()
         self._flush()
+        self._arm_idle_timer()
 
     def start_upgraded(
         self, transport: asyncio.Transport, settings: bytes, request: Request, rest: bytes
@@ -156,6 +158,9 @@ class H2Protocol(BaseConnection):
         self._new_stream(stream_id, request)
 
     def _new_stream(self, stream_id: int, request: Request) -> HTTPStream:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         stream = HTTPStream(self, stream_id, request, self.info, self.server)
         self.streams[stream_id] = stream
         stream.start()
@@ -328,9 +333,23 @@ class H2Protocol(BaseConnection):
             except h2.exceptions.StreamClosedError:
                 pass
             self._schedule_flush()
-        if not self.streams and (self._goaway_last_id is not None or self._peer_goaway):
-            self._flush()
-            self.close()
+        if not self.streams:
+            if self._goaway_last_id is not None or self._peer_goaway:
+                self._flush()
+                self.close()
+            else:
+                self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self.loop.call_later(self.config.h2_idle_timeout, self._idle)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if not self.streams and not self.closed:
+            logger.debug("HTTP/2 connection from %s idle: closing", self._peer())
+            self.shutdown()
 
     # --- life cycle ----------------------------------------------------------------
 
@@ -350,6 +369,8 @@ class H2Protocol(BaseConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         for stream in list(self.streams.values()):
             stream.feed_disconnect()
         self._wake_all_windows()

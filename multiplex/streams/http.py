@@ -243,6 +243,8 @@ class HTTPStream:
             headers.append((b"server", config.server_header.encode("latin-1")))
         if not have_date and config.date_header:
             headers.append((b"date", http_date()))
+        if self.info.response_headers:
+            headers.extend(self.info.response_headers)
         if body is not None and not have_length and not _no_body_status(self.status):
             headers.append((b"content-length", str(len(body)).encode("ascii")))
         return headers

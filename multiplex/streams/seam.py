@@ -59,7 +59,7 @@ class Request:
 class ConnectionInfo:
     """What every stream of one connection shares: addresses, scheme, version, TLS."""
 
-    __slots__ = ("client", "extensions", "http_version", "scheme", "server")
+    __slots__ = ("client", "extensions", "http_version", "response_headers", "scheme", "server")
 
     def __init__(
         self,
@@ -68,12 +68,15 @@ class ConnectionInfo:
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
         extensions: dict[str, Any] | None = None,
+        response_headers: Headers | None = None,
     ) -> None:
         self.http_version = http_version
         self.scheme = scheme
         self.client = client
         self.server = server
         self.extensions = extensions if extensions is not None else {}
+        # Added to every response on this connection (e.g. alt-svc advertising HTTP/3).
+        self.response_headers = response_headers or []
 
 
 class ServerState:
@@ -81,6 +84,7 @@ class ServerState:
 
     __slots__ = (
         "access_log",
+        "alt_svc",
         "app",
         "config",
         "connections",
@@ -94,6 +98,7 @@ class ServerState:
         self.config = config
         self.lifespan_state = lifespan_state
         self.access_log = False
+        self.alt_svc: Headers = []  # set when HTTP/3 is on: advertised on TCP responses
         self.connections: set[Any] = set()
         self.tasks: set[asyncio.Task[None]] = set()  # app tasks, cancelled at shutdown's end
         self.shutting_down = asyncio.Event()

@@ -1,0 +1,266 @@
+"""The UDP endpoint for QUIC: routes datagrams to connections by connection ID.
+
+Shaped after aioquic's own asyncio server (version negotiation, Retry, one
+`QuicConnection` per client), with what a front-end server needs on top: our
+connection subclass that gives receive credit only for what apps have read, a shared
+session-ticket store for resumption, qlog and key logging from the config, and
+connections that speak HTTP/3 through `H3Protocol`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, cast
+
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.logger import QuicFileLogger
+from aioquic.quic.packet import (
+    QuicPacketType,
+    encode_quic_retry,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+from aioquic.quic.retry import QuicRetryTokenHandler
+from aioquic.tls import SessionTicket
+
+from multiplex.config import Config
+from multiplex.streams.seam import ServerState
+
+logger = logging.getLogger("multiplex")
+
+# Request streams are client-initiated bidirectional: stream id % 4 == 0.
+CLIENT_BIDI = 0
+
+
+class CreditedQuicConnection(QuicConnection):
+    """A QuicConnection whose receive windows follow what the app has read.
+
+    aioquic doubles a stream's MAX_STREAM_DATA (and the connection's MAX_DATA) as soon
+    as the peer has *sent* half of it, so a client can make us buffer without bound
+    for an app that does not read. Here request streams get `consumed + window`, and
+    the connection `received - unread + window`, where `unread` is what the wire
+    protocol has handed to apps but they have not yet read. Other streams (HTTP/3
+    control and QPACK streams, read at once by aioquic) keep aioquic's policy.
+    """
+
+    def __init__(self, *args: Any, stream_window: int, connection_window: int, **kw: Any):
+        super().__init__(*args, **kw)
+        self.stream_window = stream_window
+        self.connection_window = connection_window
+        self.stream_consumed: dict[int, int] = {}
+        self.unread = 0
+
+    def consume(self, stream_id: int, n: int) -> None:
+        self.stream_consumed[stream_id] = self.stream_consumed.get(stream_id, 0) + n
+        self.unread -= n
+
+    def forget(self, stream_id: int, unread: int) -> None:
+        """The stream is finished: what it left unread no longer holds the window."""
+        self.stream_consumed.pop(stream_id, None)
+        self.unread -= unread
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        limit = self._local_max_data
+        target = limit.used - self.unread + self.connection_window
+        if target - limit.value >= self.connection_window // 2:
+            limit.value = target
+        # aioquic doubles MAX_DATA when `used` passes half of it; our target replaces
+        # that, so hide `used` from its check for the duration of the call.
+        used, limit.used = limit.used, 0
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            limit.used = used
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        stream_id = stream.stream_id
+        if stream_id is None or stream_id % 4 != CLIENT_BIDI or not stream.max_stream_data_local:
+            super()._write_stream_limits(builder, space, stream)
+            return
+        target = self.stream_consumed.get(stream_id, 0) + self.stream_window
+        if target - stream.max_stream_data_local >= self.stream_window // 2:
+            stream.max_stream_data_local = target
+        receiver = stream.receiver
+        highest, receiver.highest_offset = receiver.highest_offset, 0
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = highest
+
+
+class TicketStore:
+    """Session tickets for TLS 1.3 resumption, in memory, bounded."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.tickets: dict[bytes, SessionTicket] = {}
+
+    def add(self, ticket: SessionTicket) -> None:
+        if len(self.tickets) >= self.limit:
+            self.tickets.pop(next(iter(self.tickets)))
+        self.tickets[ticket.ticket] = ticket
+
+    def pop(self, label: bytes) -> SessionTicket | None:
+        return self.tickets.pop(label, None)
+
+
+def quic_configuration(config: Config) -> QuicConfiguration:
+    """The aioquic server configuration from ours (certificate, limits, logging)."""
+    from multiplex.errors import ConfigError
+
+    if not config.certfile:
+        raise ConfigError("--quic-bind needs --certfile and --keyfile: QUIC is always TLS")
+    configuration = QuicConfiguration(
+        is_client=False,
+        alpn_protocols=["h3"],
+        idle_timeout=config.quic_idle_timeout,
+        max_data=config.quic_max_data,
+        max_stream_data=config.quic_max_stream_data,
+        congestion_control_algorithm=config.quic_congestion_control,
+    )
+    try:
+        configuration.load_cert_chain(config.certfile, config.keyfile)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load {config.certfile} for QUIC: {exc}") from None
+    keylog = config.keylog_file or os.environ.get("SSLKEYLOGFILE")
+    if keylog:
+        configuration.secrets_log_file = open(keylog, "a")
+    if config.quic_qlog_dir:
+        os.makedirs(config.quic_qlog_dir, exist_ok=True)
+        configuration.quic_logger = QuicFileLogger(config.quic_qlog_dir)
+    return configuration
+
+
+class QuicEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, server: ServerState, configuration: QuicConfiguration) -> None:
+        from multiplex.protocols.http3 import H3Protocol
+
+        self.server = server
+        self.configuration = configuration
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.DatagramTransport | None = None
+        self.address: tuple[str, int] | None = None
+        self.connections: dict[bytes, H3Protocol] = {}
+        self.tickets = TicketStore()
+        self.retry = QuicRetryTokenHandler() if server.config.quic_retry else None
+        self._protocol_class = H3Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple):
+            self.address = (str(sockname[0]), int(sockname[1]))
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self.configuration.connection_id_length
+            )
+        except ValueError:
+            return  # not QUIC, or mangled: drop it
+        transport = self.transport
+        assert transport is not None
+        if (
+            header.packet_type != QuicPacketType.VERSION_NEGOTIATION
+            and header.version is not None
+            and header.version not in self.configuration.supported_versions
+        ):
+            transport.sendto(
+                encode_quic_version_negotiation(
+                    source_cid=header.destination_cid,
+                    destination_cid=header.source_cid,
+                    supported_versions=self.configuration.supported_versions,
+                ),
+                addr,
+            )
+            return
+        protocol = self.connections.get(header.destination_cid)
+        if protocol is None:
+            if (
+                header.packet_type != QuicPacketType.INITIAL
+                or len(data) < SMALLEST_MAX_DATAGRAM_SIZE
+            ):
+                return  # belongs to no connection we know
+            if self.server.shutting_down.is_set():
+                return
+            protocol = self._accept(header, data, addr)
+            if protocol is None:
+                return
+        protocol.datagram_received(data, addr)
+
+    def _accept(self, header: Any, data: bytes, addr: NetworkAddress) -> Any:
+        original_cid: bytes | None = header.destination_cid
+        retry_cid: bytes | None = None
+        transport = self.transport
+        assert transport is not None
+        if self.retry is not None:
+            if not header.token:
+                source_cid = os.urandom(8)
+                transport.sendto(
+                    encode_quic_retry(
+                        version=header.version,
+                        source_cid=source_cid,
+                        destination_cid=header.source_cid,
+                        original_destination_cid=header.destination_cid,
+                        retry_token=self.retry.create_token(
+                            address=addr,
+                            original_destination_connection_id=header.destination_cid,
+                            retry_source_connection_id=source_cid,
+                            now=self.loop.time(),
+                        ),
+                    ),
+                    addr,
+                )
+                return None
+            try:
+                original_cid = self.retry.validate_token(
+                    address=addr,
+                    destination_cid=header.destination_cid,
+                    token=header.token,
+                    now=self.loop.time(),
+                )
+            except ValueError:
+                logger.info("QUIC: invalid Retry token from %s", addr)
+                return None
+            retry_cid = header.destination_cid
+        config = self.server.config
+        quic = CreditedQuicConnection(
+            configuration=self.configuration,
+            original_destination_connection_id=original_cid,
+            retry_source_connection_id=retry_cid,
+            session_ticket_fetcher=self.tickets.pop,
+            session_ticket_handler=self.tickets.add,
+            stream_window=config.quic_max_stream_data,
+            connection_window=config.quic_max_data,
+        )
+        # aioquic hard-codes 128 concurrent bidirectional streams; ours is a setting.
+        quic._local_max_streams_bidi.value = config.quic_max_streams
+        quic._local_max_streams_bidi.sent = config.quic_max_streams
+        protocol = self._protocol_class(self, quic, addr)
+        self.connections[header.destination_cid] = protocol
+        self.connections[quic.host_cid] = protocol
+        return protocol
+
+    def connection_id_issued(self, cid: bytes, protocol: Any) -> None:
+        self.connections[cid] = protocol
+
+    def connection_id_retired(self, cid: bytes, protocol: Any) -> None:
+        if self.connections.get(cid) is protocol:
+            del self.connections[cid]
+
+    def connection_terminated(self, protocol: Any) -> None:
+        for cid, known in list(self.connections.items()):
+            if known is protocol:
+                del self.connections[cid]
+
+    def sendto(self, data: bytes, addr: NetworkAddress) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
