@@ -136,6 +136,18 @@ class Config:
     quic_retry: bool = _opt(
         False, "QUIC: validate client addresses with a Retry round trip before any work."
     )
+    quic_0rtt: bool = _opt(
+        False,
+        "QUIC: accept 0-RTT early data from resuming clients. Early requests carry"
+        " `early-data: 1`; methods outside `quic_0rtt_methods` get 425 Too Early.",
+    )
+    quic_0rtt_methods: list[str] = field(
+        default_factory=lambda: ["GET", "HEAD", "OPTIONS"],
+        metadata={
+            "help": "Methods served from 0-RTT early data (replayable: keep them idempotent).",
+            "repeat": True,
+        },
+    )
     quic_idle_timeout: float = _opt(60.0, "QUIC: close a connection idle for this long.")
     quic_max_streams: int = _opt(
         100, "HTTP/3: request streams a client may have open at once (QUIC MAX_STREAMS)."

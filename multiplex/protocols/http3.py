@@ -124,6 +124,7 @@ class H3Protocol:
             return
         if stream_id > self._highest_request_id:
             self._highest_request_id = stream_id
+        early = not self.quic.handshake_complete
         method = path = authority = b""
         headers: Headers = []
         cookies: list[bytes] = []
@@ -143,6 +144,12 @@ class H3Protocol:
             headers.append((b"cookie", b"; ".join(cookies)))
         if authority and not any(name == b"host" for name, _ in headers):
             headers.insert(0, (b"host", authority))
+        if early:
+            # RFC 8470: this request may be a replay of 0-RTT data.
+            if method.decode("ascii") not in self.config.quic_0rtt_methods:
+                self._too_early(stream_id)
+                return
+            headers.append((b"early-data", b"1"))
         expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
         request = Request(method.decode("ascii"), path, headers, expect)
         stream = HTTPStream(self, stream_id, request, self.info, self.server)
@@ -151,6 +158,25 @@ class H3Protocol:
         stream.start()
         if event.stream_ended:
             stream.feed_end()
+
+    def _too_early(self, stream_id: int) -> None:
+        """425 Too Early (RFC 8470 section 5.2), without calling the app: the client
+        retries after the handshake, when a replay is no longer possible."""
+        body = b"Too Early: retry this request after the handshake\n"
+        self.h3.send_headers(
+            stream_id,
+            [
+                (b":status", b"425"),
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        )
+        self.h3.send_data(stream_id, body, end_stream=True)
+        try:
+            self.quic.stop_stream(stream_id, H3_NO_ERROR)
+        except SEND_ERRORS:
+            pass
+        self._transmit_soon()
 
     def _on_data(self, event: DataReceived) -> None:
         stream_id = event.stream_id

@@ -47,12 +47,31 @@ class CreditedQuicConnection(QuicConnection):
     control and QPACK streams, read at once by aioquic) keep aioquic's policy.
     """
 
-    def __init__(self, *args: Any, stream_window: int, connection_window: int, **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        stream_window: int,
+        connection_window: int,
+        early_data: bool = False,
+        **kw: Any,
+    ) -> None:
+        self.early_data_allowed = early_data
         super().__init__(*args, **kw)
         self.stream_window = stream_window
         self.connection_window = connection_window
         self.stream_consumed: dict[int, int] = {}
         self.unread = 0
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        if not self.early_data_allowed:
+            # aioquic offers early data in every ticket it issues; without it in the
+            # ticket, clients do not attempt 0-RTT on resumption.
+            self.tls._max_early_data = None
+
+    @property
+    def handshake_complete(self) -> bool:
+        return bool(self._handshake_complete)
 
     def consume(self, stream_id: int, n: int) -> None:
         self.stream_consumed[stream_id] = self.stream_consumed.get(stream_id, 0) + n
@@ -236,6 +255,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             session_ticket_handler=self.tickets.add,
             stream_window=config.quic_max_stream_data,
             connection_window=config.quic_max_data,
+            early_data=config.quic_0rtt,
         )
         # aioquic hard-codes 128 concurrent bidirectional streams; ours is a setting.
         quic._local_max_streams_bidi.value = config.quic_max_streams
