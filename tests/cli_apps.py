@@ -1,0 +1,37 @@
+"""ASGI apps the CLI tests start by name (`tests.cli_apps:hello`, ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Lifespan-aware; answers every HTTP request with `hello`."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+async def refuses_to_start(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Fails lifespan startup the way the spec says to."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
+
+
+not_callable = "I am a string"
