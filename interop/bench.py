@@ -10,7 +10,6 @@ Only loopback; each server is started here and stopped by its PID. Figures from 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import signal
