@@ -237,6 +237,10 @@ def cmd_demo(argv: list[str]) -> int:
     if config.certfile is None:
         certs = _ensure_certs(None, regenerate=False)
         config = config.replace(certfile=str(certs.cert), keyfile=str(certs.key))
+    if not config.quic_bind:
+        # HTTP/3 on the same port numbers over UDP, advertised to TCP clients by alt-svc.
+        tcp = [str(b) for b in map(parse_bind, config.bind) if b.kind == "tcp"]
+        config = config.replace(quic_bind=tcp)
     print(f"multiplex demo: open {_demo_url(config)} (trust the dev CA: run `multiplex certs`)")
     sys.stdout.flush()
     return _start(config)

@@ -5,6 +5,7 @@ Skipped only while `multiplex.server` does not exist yet.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from interop.h3load import run_load
 
 pytest.importorskip("multiplex.server", reason="multiplex.server is not written yet")
 
@@ -128,6 +131,10 @@ def test_demo_serves_its_page_over_tls(
     assert response.status_code == 200
     assert response.http_version == "HTTP/2"
     assert "text/html" in response.headers["content-type"]
+    # HTTP/3 on the same port number over UDP, advertised to TCP clients.
+    assert response.headers["alt-svc"] == f'h3=":{port}"; ma=86400'
+    rate = asyncio.run(run_load(port, str(certs / "ca.pem"), 5, 1, 5))
+    assert rate > 0  # run_load raises unless all 5 HTTP/3 requests got a 200
     status, stdout, stderr = interrupt(process)
     assert status == 0, stderr
     assert f"https://127.0.0.1:{port}/" in stdout
