@@ -184,6 +184,19 @@ def fields() -> list[dataclasses.Field[Any]]:
     return list(dataclasses.fields(Config))
 
 
+def _shown(default: Any) -> str:
+    """A default as a user would write it in TOML, or a word for 'nothing'."""
+    if default is None:
+        return "(unset)"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, list):
+        return f"`{', '.join(default)}`" if default else "(none)"
+    if default == "":
+        return "(empty)"
+    return f"`{default}`"
+
+
 def markdown_table() -> str:
     """The config table for README.md: one row per setting."""
     rows = [
@@ -194,10 +207,10 @@ def markdown_table() -> str:
     for f in fields():
         flag = f.name if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
         env = "MULTIPLEX_" + f.name.upper()
-        default = getattr(defaults, f.name)
-        if isinstance(default, list):
-            default = ", ".join(default)
-        rows.append(f"| `{f.name}` | `{flag}` | `{env}` | `{default}` | {f.metadata['help']} |")
+        rows.append(
+            f"| `{f.name}` | `{flag}` | `{env}` | {_shown(getattr(defaults, f.name))}"
+            f" | {f.metadata['help']} |"
+        )
     return "\n".join(rows)
 
 
