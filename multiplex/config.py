@@ -168,6 +168,28 @@ class Config:
         "reno", "QUIC congestion control algorithm.", choices=("reno", "cubic")
     )
 
+    # --- WebSocket (every protocol) ---------------------------------------------------
+    ws_max_message_size: int = _opt(
+        16 * MiB, "WebSocket: largest incoming message, in bytes (close 1009 beyond)."
+    )
+    ws_max_queue: int = _opt(
+        32,
+        "WebSocket: incoming messages queued for an app that is not reading before the"
+        " server stops giving flow-control credit (backpressure).",
+    )
+    ws_ping_interval: float = _opt(
+        20.0, "WebSocket: send a ping after this many seconds; 0 turns pings off."
+    )
+    ws_ping_timeout: float = _opt(
+        20.0, "WebSocket: close (1011) when a ping gets no pong within this many seconds."
+    )
+    ws_close_timeout: float = _opt(
+        10.0, "WebSocket: longest wait for the peer's close frame before dropping the stream."
+    )
+    ws_per_message_deflate: bool = _opt(
+        True, "WebSocket: accept permessage-deflate compression when the client offers it."
+    )
+
     def __post_init__(self) -> None:
         if not self.bind:
             self.bind = ["127.0.0.1:8000"]

@@ -160,3 +160,118 @@ class Streamer:
         while message["type"] != "http.disconnect":
             message = await receive()
         self.saw_disconnect = True
+
+
+# --- WebSocket apps ---------------------------------------------------------------------
+
+
+class WSEcho:
+    """A WebSocket echo: text back as text, bytes back as bytes.
+
+    Accepts the subprotocol `chat` when offered. Text commands: `close CODE REASON` makes
+    the server close; `scope` answers the scope as JSON. Every `websocket.disconnect`
+    the app receives is put on `disconnects` (a thread-safe queue the tests read)."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.disconnects: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await hello(scope, receive, send)
+            return
+        message = await receive()
+        assert message["type"] == "websocket.connect"
+        subprotocol = "chat" if "chat" in scope["subprotocols"] else None
+        await send({"type": "websocket.accept", "subprotocol": subprotocol})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                self.disconnects.put(message)
+                return
+            text = message.get("text")
+            if text is not None and text.startswith("close "):
+                _, code, reason = text.split(" ", 2)
+                await send({"type": "websocket.close", "code": int(code), "reason": reason})
+                self.disconnects.put(await receive())
+                return
+            if text == "scope":
+                shown = {
+                    k: (v.decode("latin-1") if isinstance(v, bytes) else v)
+                    for k, v in scope.items()
+                    if k
+                    in (
+                        "type",
+                        "http_version",
+                        "scheme",
+                        "path",
+                        "raw_path",
+                        "query_string",
+                        "root_path",
+                        "subprotocols",
+                    )
+                }
+                shown["extensions"] = sorted(scope["extensions"])
+                await send({"type": "websocket.send", "text": json.dumps(shown)})
+            elif text is not None:
+                await send({"type": "websocket.send", "text": text})
+            else:
+                await send({"type": "websocket.send", "bytes": message["bytes"]})
+
+
+async def ws_deny(scope: Scope, receive: Any, send: Any) -> None:
+    """Denies every WebSocket with its own `401` response (websocket.http.response)."""
+    assert scope["type"] == "websocket"
+    assert "websocket.http.response" in scope["extensions"]
+    await receive()
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": 401,
+            "headers": [(b"content-type", b"text/plain"), (b"x-denied", b"yes")],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": b"no entry", "more_body": True})
+    await send({"type": "websocket.http.response.body", "body": b" for you"})
+
+
+async def ws_close_before_accept(scope: Scope, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "websocket.close", "code": 1000})
+
+
+async def ws_fail_before_accept(scope: Scope, receive: Any, send: Any) -> None:
+    await receive()
+    raise RuntimeError("failure before the WebSocket was accepted")
+
+
+async def ws_fail_after_accept(scope: Scope, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "websocket.accept"})
+    await receive()
+    raise RuntimeError("failure after the WebSocket was accepted")
+
+
+class WSSilent:
+    """Accepts, then never reads: its queue fills and the server must stop reading.
+    `received` counts messages once `release()` lets it read."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.go = threading.Event()
+        self.received: list[int] = []
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while not self.go.is_set():
+            await asyncio.sleep(0.01)
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            self.received.append(len(message.get("bytes") or b""))
+            if len(self.received) == 100:
+                await send({"type": "websocket.send", "text": "got 100"})

@@ -8,15 +8,18 @@ as an `HTTPStream` with a fresh id. Also the door to cleartext HTTP/2 via
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 from http import HTTPStatus
 
 import h11
+from wsproto.utilities import generate_accept_token
 
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.base import BaseConnection
-from multiplex.streams.http import HTTPStream
-from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState
+from multiplex.streams import open_stream
+from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Stream
 
 logger = logging.getLogger("multiplex")
 
@@ -29,7 +32,7 @@ class H11Protocol(BaseConnection):
         self.conn = h11.Connection(
             h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_event_size
         )
-        self.stream: HTTPStream | None = None
+        self.stream: Stream | None = None
         self.stream_id = 0
         self.buffered = 0  # request body bytes given to the stream, not yet read by the app
         self.read_paused = False
@@ -37,6 +40,8 @@ class H11Protocol(BaseConnection):
         self.keep_alive = True
         self._idle_timer: asyncio.TimerHandle | None = None
         self._h2c_pending: tuple[Request, bytes] | None = None
+        self._ws_key = b""  # Sec-WebSocket-Key of the WebSocket handshake in progress
+        self.upgraded = False  # after 101 to a WebSocket: the bytes are the stream's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -51,11 +56,29 @@ class H11Protocol(BaseConnection):
     # --- input -------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.upgraded:
+            self._feed_upgraded(data)
+            return
         self._cancel_idle_timer()
         self.conn.receive_data(data)
         self._handle_events()
 
+    def _feed_upgraded(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is None or not data:
+            return
+        self.buffered += len(data)
+        stream.feed_body(data)
+        if self.buffered > self.config.read_buffer_high and not self.read_paused:
+            # The stream stopped giving credit: its app has a full queue.
+            self.read_paused = True
+            self.transport.pause_reading()
+
     def eof_received(self) -> bool | None:
+        if self.upgraded:
+            if self.stream is not None:
+                self.stream.feed_end()
+            return None
         self.conn.receive_data(b"")
         self._handle_events()
         return None  # let asyncio close the transport
@@ -114,19 +137,46 @@ class H11Protocol(BaseConnection):
             self._reject(431, "request header fields too large")
             return
         headers: Headers = list(event.headers)
+        websocket = _is_websocket(event.method, headers)
+        if websocket:
+            problem = self._websocket_problem(headers)
+            if problem:
+                self._reject(400, problem)
+                return
         self.stream_id += 1
         self.response_done = False
         expect = self.conn.they_are_waiting_for_100_continue
-        request = Request(event.method.decode("ascii"), event.target, headers, expect)
-        if self.config.h2c and self.info.scheme == "http":
+        request = Request(event.method.decode("ascii"), event.target, headers, expect, websocket)
+        if websocket:
+            pass  # an `Upgrade: websocket` is never an h2c upgrade
+        elif self.config.h2c and self.info.scheme == "http":
             settings = _h2c_settings(headers)
             if settings is not None:
                 # Answer over HTTP/2 once the (bodiless) request is complete.
                 self._h2c_pending = (request, settings)
                 return
-        stream = HTTPStream(self, self.stream_id, request, self.info, self.server)
+        stream = open_stream(self, self.stream_id, request, self.info, self.server)
         self.stream = stream
         stream.start()
+
+    def _websocket_problem(self, headers: Headers) -> str:
+        """What is wrong with a WebSocket handshake that only HTTP/1.1 has (RFC 6455
+        section 4.2.1): its key, and a body it may not carry. The version is the
+        stream's to check (426), on every protocol."""
+        keys = [value for name, value in headers if name == b"sec-websocket-key"]
+        if len(keys) != 1:
+            return "WebSocket handshake without exactly one Sec-WebSocket-Key"
+        try:
+            nonce = base64.b64decode(keys[0], validate=True)
+        except (binascii.Error, ValueError):
+            nonce = b""
+        if len(nonce) != 16:
+            return "Sec-WebSocket-Key is not 16 bytes in base64"
+        for name, value in headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+                return "a WebSocket handshake has no body"
+        self._ws_key = keys[0]
+        return ""
 
     def _reject(self, status: int, reason: str) -> None:
         logger.info("Bad HTTP/1.1 request from %s: %s", self.info.client, reason)
@@ -219,6 +269,15 @@ class H11Protocol(BaseConnection):
     async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
         if stream_id != self.stream_id or self.closed:
             raise ClientDisconnected("connection closed")
+        if self.upgraded:
+            # WebSocket frames, as they are; the end of the stream is the end of TCP.
+            if data:
+                self.transport.write(data)
+            if end:
+                self.close()
+            elif self.write_paused:
+                await self.drain()
+            return
         conn = self.conn
         try:
             out = (conn.send_with_data_passthrough(h11.Data(data=data)) or []) if data else []
@@ -248,7 +307,38 @@ class H11Protocol(BaseConnection):
             self.close()
 
     def stream_complete(self, stream_id: int) -> None:
-        pass
+        if self.upgraded and stream_id == self.stream_id:
+            self.close()  # the WebSocket was the rest of this connection
+
+    def accept_websocket(self, stream_id: int, headers: Headers) -> int:
+        if stream_id != self.stream_id or self.closed or self.upgraded:
+            raise ClientDisconnected("connection closed")
+        response = h11.InformationalResponse(
+            status_code=101,
+            headers=[
+                (b"upgrade", b"websocket"),
+                (b"connection", b"Upgrade"),
+                (b"sec-websocket-accept", generate_accept_token(self._ws_key)),
+                *headers,
+            ],
+            reason=b"Switching Protocols",
+        )
+        try:
+            out = self.conn.send(response)
+        except h11.LocalProtocolError as exc:
+            self.close()
+            raise ClientDisconnected(f"cannot switch to WebSocket: {exc}") from None
+        self.transport.write(out)
+        # h11 is done with this connection: from here on every byte is the WebSocket's.
+        self.upgraded = True
+        self._cancel_idle_timer()
+        rest = self.conn.trailing_data[0]
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        if rest:
+            self._feed_upgraded(rest)
+        return 101
 
     # --- keep-alive --------------------------------------------------------------------
 
@@ -293,6 +383,10 @@ class H11Protocol(BaseConnection):
 
     def shutdown(self) -> None:
         self.keep_alive = False
+        if self.upgraded:
+            if self.stream is not None:
+                self.stream.going_away()
+            return
         if self.stream is None or self.response_done:
             self.close()
 
@@ -301,6 +395,21 @@ class H11Protocol(BaseConnection):
         self._cancel_idle_timer()
         if self.stream is not None:
             self.stream.feed_disconnect()
+
+
+def _is_websocket(method: bytes, headers: Headers) -> bool:
+    """A GET asking to upgrade to a WebSocket (RFC 6455 section 4.1)."""
+    if method != b"GET":
+        return False
+    upgrade = connection = False
+    for name, value in headers:
+        if name == b"upgrade":
+            upgrade = upgrade or b"websocket" in [t.strip().lower() for t in value.split(b",")]
+        elif name == b"connection":
+            connection = connection or b"upgrade" in [
+                t.strip().lower() for t in value.split(b",")
+            ]
+    return upgrade and connection
 
 
 def _h2c_settings(headers: Headers) -> bytes | None:

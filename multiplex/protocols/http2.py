@@ -21,8 +21,8 @@ from hyperframe.frame import GoAwayFrame
 
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.base import BaseConnection
-from multiplex.streams.http import HTTPStream
-from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState
+from multiplex.streams import open_stream
+from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Stream
 
 logger = logging.getLogger("multiplex")
 
@@ -58,6 +58,8 @@ class H2Protocol(BaseConnection):
                 h2.settings.SettingCodes.MAX_FRAME_SIZE: config.h2_max_frame_size,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: config.h2_max_header_list_size,
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                # RFC 8441: WebSockets over extended CONNECT.
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         # h2 copied these two limits from its default settings in its __init__, and the
@@ -65,7 +67,7 @@ class H2Protocol(BaseConnection):
         # announce. (Before the ACK this only accepts more: our frame size is >= 16384.)
         self.h2.max_inbound_frame_size = config.h2_max_frame_size
         self.h2.decoder.max_header_list_size = config.h2_max_header_list_size
-        self.streams: dict[int, HTTPStream] = {}
+        self.streams: dict[int, Stream] = {}
         self._window_waiters: dict[int, asyncio.Future[None]] = {}
         self._flush_scheduled = False
         self._unflushed = 0
@@ -133,7 +135,7 @@ class H2Protocol(BaseConnection):
         if self._goaway_last_id is not None and stream_id > self._goaway_last_id:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        method = path = authority = b""
+        method = path = authority = protocol = b""
         headers: Headers = []
         cookies: list[bytes] = []
         for name, value in event.headers:
@@ -144,6 +146,8 @@ class H2Protocol(BaseConnection):
                     path = value
                 elif name == b":authority":
                     authority = value
+                elif name == b":protocol":
+                    protocol = value
             elif name == b"cookie":
                 cookies.append(value)
             else:
@@ -153,15 +157,37 @@ class H2Protocol(BaseConnection):
             headers.append((b"cookie", b"; ".join(cookies)))
         if authority and not any(name == b"host" for name, _ in headers):
             headers.insert(0, (b"host", authority))
+        websocket = False
+        if method == b"CONNECT":
+            # RFC 8441: an extended CONNECT with `:protocol websocket` is a WebSocket;
+            # any other protocol, or a plain CONNECT (we are no proxy), is answered here.
+            if protocol != b"websocket":
+                self._refuse(stream_id, 501 if protocol else 405)
+                return
+            websocket = True
         expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
-        request = Request(method.decode("ascii"), path, headers, expect)
+        request = Request(method.decode("ascii"), path, headers, expect, websocket)
         self._new_stream(stream_id, request)
 
-    def _new_stream(self, stream_id: int, request: Request) -> HTTPStream:
+    def _refuse(self, stream_id: int, status: int) -> None:
+        """A complete response that never reaches the app."""
+        logger.info("HTTP/2 stream %s from %s refused: %s", stream_id, self._peer(), status)
+        try:
+            self.h2.send_headers(
+                stream_id,
+                [(b":status", _STATUS[status]), (b"content-length", b"0")],
+                end_stream=True,
+            )
+            if not self.h2.streams[stream_id].closed:
+                self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        except (h2.exceptions.StreamClosedError, KeyError):
+            pass
+
+    def _new_stream(self, stream_id: int, request: Request) -> Stream:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        stream = HTTPStream(self, stream_id, request, self.info, self.server)
+        stream = open_stream(self, stream_id, request, self.info, self.server)
         self.streams[stream_id] = stream
         stream.start()
         return stream
@@ -309,6 +335,20 @@ class H2Protocol(BaseConnection):
             self.h2.acknowledge_received_data(n, stream_id)
             self._schedule_flush()
 
+    def accept_websocket(self, stream_id: int, headers: Headers) -> int:
+        if self.closed:
+            raise ClientDisconnected("connection closed")
+        out = [(b":status", b"200")]
+        for header in headers:
+            if header[0] not in CONNECTION_SPECIFIC:
+                out.append(header)
+        try:
+            self.h2.send_headers(stream_id, out)
+        except h2.exceptions.StreamClosedError:
+            raise ClientDisconnected(f"stream {stream_id} closed by the client") from None
+        self._schedule_flush()
+        return 200
+
     def reset(self, stream_id: int) -> None:
         if self.closed:
             return
@@ -366,6 +406,9 @@ class H2Protocol(BaseConnection):
         self.transport.write(frame.serialize())
         if not self.streams:
             self.close()
+            return
+        for stream in list(self.streams.values()):
+            stream.going_away()  # WebSockets close (1001); responses just finish
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -146,6 +146,9 @@ class HTTPStream:
         self.disconnected = True
         self._wake()
 
+    def going_away(self) -> None:
+        pass  # an HTTP response just finishes; the connection stops taking new ones
+
     def _wake(self) -> None:
         waiter = self.waiter
         if waiter is not None:

@@ -42,18 +42,66 @@ class Wire(Protocol):
         """The stream's app task has finished; the connection may clean up or go on."""
 
 
+class WebSocketWire(Wire, Protocol):
+    """A `Wire` that can carry WebSockets: the one verb where protocols differ.
+
+    (A protocol of its own so that a wire protocol without WebSocket support yet still
+    types as a `Wire` for HTTP streams.)"""
+
+    def accept_websocket(self, stream_id: int, headers: Headers) -> int:
+        """Accept a WebSocket request with these extra response headers (subprotocol,
+        extensions, the app's own) and return the status that went out.
+
+        HTTP/1.1 answers `101 Switching Protocols` with `Sec-WebSocket-Accept` and from
+        then on hands every byte of the connection to the stream; HTTP/2 and HTTP/3
+        answer `200` to the extended CONNECT and that stream's DATA is the WebSocket.
+        Either way `send_body` then carries WebSocket frames (`end` finishes the
+        stream: END_STREAM, or on HTTP/1.1 closing the connection), `feed_body` brings
+        the peer's, and `consumed` gives credit back. Denials use `send_head`.
+        Raises ClientDisconnected if the stream is already gone."""
+        ...
+
+
+class Stream(Protocol):
+    """What a wire protocol may ask of a stream (HTTP or WebSocket) it carries."""
+
+    def start(self) -> None:
+        """Run the app task."""
+
+    def feed_body(self, data: bytes) -> None:
+        """Bytes from the peer: request body, or WebSocket frames once accepted."""
+
+    def feed_end(self) -> None:
+        """The peer has finished sending (END_STREAM, end of body, EOF)."""
+
+    def feed_disconnect(self) -> None:
+        """The stream or connection is gone (reset, connection lost)."""
+
+    def going_away(self) -> None:
+        """Graceful shutdown: finish soon (a WebSocket closes with 1001)."""
+
+
 class Request:
     """A request head, already validated by the wire protocol."""
 
-    __slots__ = ("expect_continue", "headers", "method", "raw_target")
+    __slots__ = ("expect_continue", "headers", "method", "raw_target", "websocket")
 
     def __init__(
-        self, method: str, raw_target: bytes, headers: Headers, expect_continue: bool = False
+        self,
+        method: str,
+        raw_target: bytes,
+        headers: Headers,
+        expect_continue: bool = False,
+        websocket: bool = False,
     ) -> None:
         self.method = method
         self.raw_target = raw_target  # path and query as sent (origin-form)
         self.headers = headers  # lowercase names; h2/h3 pseudo-headers already removed
         self.expect_continue = expect_continue
+        # The wire protocol recognised a WebSocket handshake (HTTP/1.1 Upgrade, or an
+        # extended CONNECT with `:protocol websocket`) and checked what is its own to
+        # check (h1: the key); the stream does the rest.
+        self.websocket = websocket
 
 
 class ConnectionInfo:
