@@ -136,6 +136,15 @@ class Config:
     quic_retry: bool = _opt(
         False, "QUIC: validate client addresses with a Retry round trip before any work."
     )
+    quic_retry_threshold: int = _opt(
+        100,
+        "QUIC: with this many connections still in their handshake, new clients must pass"
+        " a Retry first (address validation under load, even without `quic_retry`).",
+    )
+    quic_alpn_protocols: list[str] = field(
+        default_factory=lambda: ["h3"],
+        metadata={"help": "ALPN protocols offered on QUIC.", "repeat": True},
+    )
     quic_0rtt: bool = _opt(
         False,
         "QUIC: accept 0-RTT early data from resuming clients. Early requests carry"

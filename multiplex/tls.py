@@ -8,6 +8,7 @@ INADEQUATE_SECURITY). TLS 1.3 suites are all acceptable, so they are left alone.
 
 from __future__ import annotations
 
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,14 @@ def create_ssl_context(config: Config) -> ssl.SSLContext:
         # clients without one in, so the app can decide (the tls extension tells it).
         ctx.verify_mode = ssl.CERT_REQUIRED if config.verify_client else ssl.CERT_OPTIONAL
 
-    if config.keylog_file:
+    # SSLKEYLOGFILE is honoured the way browsers and curl do (create_default_context
+    # does it for clients; a server context has to ask), for TCP and QUIC alike.
+    keylog = config.keylog_file or os.environ.get("SSLKEYLOGFILE")
+    if keylog:
         try:
-            ctx.keylog_filename = config.keylog_file
+            ctx.keylog_filename = keylog
         except OSError as exc:
-            raise ConfigError(f"keylog_file {config.keylog_file}: {_reason(exc)}") from None
+            raise ConfigError(f"keylog_file {keylog}: {_reason(exc)}") from None
     return ctx
 
 

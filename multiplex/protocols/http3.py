@@ -69,7 +69,8 @@ class H3Protocol:
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         self.quic.receive_datagram(data, addr, now=self.loop.time())
         self._process_events()
-        self.transmit()
+        # Datagrams read in the same loop turn share one round of output (ACKs coalesce).
+        self._transmit_soon()
 
     def _handle_timer(self) -> None:
         now = max(self._timer_at or 0.0, self.loop.time())
@@ -105,6 +106,9 @@ class H3Protocol:
                 self.endpoint.connection_id_retired(event.connection_id, self)  # type: ignore[attr-defined]
             elif kind is quic_events.ConnectionTerminated:
                 self._terminated()
+            elif kind is quic_events.HandshakeCompleted:
+                self.endpoint.handshake_done(self)
+                self.h3.handle_event(event)
             else:
                 self.h3.handle_event(event)
             event = quic.next_event()

@@ -135,7 +135,7 @@ def quic_configuration(config: Config) -> QuicConfiguration:
         raise ConfigError("--quic-bind needs --certfile and --keyfile: QUIC is always TLS")
     configuration = QuicConfiguration(
         is_client=False,
-        alpn_protocols=["h3"],
+        alpn_protocols=list(config.quic_alpn_protocols),
         idle_timeout=config.quic_idle_timeout,
         max_data=config.quic_max_data,
         max_stream_data=config.quic_max_stream_data,
@@ -165,7 +165,11 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.address: tuple[str, int] | None = None
         self.connections: dict[bytes, H3Protocol] = {}
         self.tickets = TicketStore()
-        self.retry = QuicRetryTokenHandler() if server.config.quic_retry else None
+        self.retry = QuicRetryTokenHandler()
+        self.retry_always = server.config.quic_retry
+        self.retry_threshold = server.config.quic_retry_threshold
+        # Connections still in their handshake: the measure of load that turns Retry on.
+        self.handshaking: set[Any] = set()
         self._protocol_class = H3Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -214,27 +218,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     def _accept(self, header: Any, data: bytes, addr: NetworkAddress) -> Any:
         original_cid: bytes | None = header.destination_cid
         retry_cid: bytes | None = None
-        transport = self.transport
-        assert transport is not None
-        if self.retry is not None:
-            if not header.token:
-                source_cid = os.urandom(8)
-                transport.sendto(
-                    encode_quic_retry(
-                        version=header.version,
-                        source_cid=source_cid,
-                        destination_cid=header.source_cid,
-                        original_destination_cid=header.destination_cid,
-                        retry_token=self.retry.create_token(
-                            address=addr,
-                            original_destination_connection_id=header.destination_cid,
-                            retry_source_connection_id=source_cid,
-                            now=self.loop.time(),
-                        ),
-                    ),
-                    addr,
-                )
-                return None
+        if header.token:
             try:
                 original_cid = self.retry.validate_token(
                     address=addr,
@@ -242,10 +226,16 @@ class QuicEndpoint(asyncio.DatagramProtocol):
                     token=header.token,
                     now=self.loop.time(),
                 )
+                retry_cid = header.destination_cid
             except ValueError:
-                logger.info("QUIC: invalid Retry token from %s", addr)
-                return None
-            retry_cid = header.destination_cid
+                # RFC 9000 section 8.1.3: go on as if the client had sent no token.
+                logger.debug("QUIC: unusable address validation token from %s", addr)
+                header.token = b""
+        if not header.token and (
+            self.retry_always or len(self.handshaking) >= self.retry_threshold
+        ):
+            self._send_retry(header, addr)
+            return None
         config = self.server.config
         quic = CreditedQuicConnection(
             configuration=self.configuration,
@@ -261,6 +251,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         quic._local_max_streams_bidi.value = config.quic_max_streams
         quic._local_max_streams_bidi.sent = config.quic_max_streams
         protocol = self._protocol_class(self, quic, addr)
+        self.handshaking.add(protocol)
         self.connections[header.destination_cid] = protocol
         self.connections[quic.host_cid] = protocol
         return protocol
@@ -272,7 +263,30 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         if self.connections.get(cid) is protocol:
             del self.connections[cid]
 
+    def _send_retry(self, header: Any, addr: NetworkAddress) -> None:
+        assert self.transport is not None
+        source_cid = os.urandom(8)
+        self.transport.sendto(
+            encode_quic_retry(
+                version=header.version,
+                source_cid=source_cid,
+                destination_cid=header.source_cid,
+                original_destination_cid=header.destination_cid,
+                retry_token=self.retry.create_token(
+                    address=addr,
+                    original_destination_connection_id=header.destination_cid,
+                    retry_source_connection_id=source_cid,
+                    now=self.loop.time(),
+                ),
+            ),
+            addr,
+        )
+
+    def handshake_done(self, protocol: Any) -> None:
+        self.handshaking.discard(protocol)
+
     def connection_terminated(self, protocol: Any) -> None:
+        self.handshaking.discard(protocol)
         for cid, known in list(self.connections.items()):
             if known is protocol:
                 del self.connections[cid]
