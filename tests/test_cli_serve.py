@@ -139,3 +139,47 @@ def test_demo_serves_its_page_over_tls(
     assert status == 0, stderr
     assert f"https://127.0.0.1:{port}/" in stdout
     assert "multiplex certs" in stdout
+
+
+def test_unix_socket_and_inherited_fd(
+    tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    """`--bind unix:PATH` and `--bind fd://N` (a socket a supervisor opened for us)."""
+    path = tmp_path / "app.sock"
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MULTIPLEX_")}
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), environ.get("PYTHONPATH", "")])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "multiplex",
+            "tests.apps:hello",
+            "--lifespan",
+            "off",
+            "--bind",
+            f"unix:{path}",
+            "--bind",
+            f"fd://{fd}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+        cwd=ROOT,
+        pass_fds=(fd,),
+    )
+    processes.append(process)
+    listener.close()  # the child holds its own copy
+    wait_for_accept(process, port)
+    deadline = time.monotonic() + 20
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=10) as client:
+        assert client.get("http://localhost/").text == "hello 1.1"
+    with httpx.Client(timeout=10) as client:
+        assert client.get(f"http://127.0.0.1:{port}/").text == "hello 1.1"
+    status, _, stderr = interrupt(process)
+    assert status == 0, stderr
