@@ -10,6 +10,8 @@ connections that speak HTTP/3 through `H3Protocol`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 from typing import Any, cast
@@ -34,6 +36,9 @@ logger = logging.getLogger("multiplex")
 
 # Request streams are client-initiated bidirectional: stream id % 4 == 0.
 CLIENT_BIDI = 0
+# RFC 9000 section 10.3: a stateless reset is at least 21 bytes; we send a few more.
+STATELESS_RESET_MIN = 21
+STATELESS_RESETS_PER_SECOND = 100
 
 
 class CreditedQuicConnection(QuicConnection):
@@ -53,14 +58,29 @@ class CreditedQuicConnection(QuicConnection):
         stream_window: int,
         connection_window: int,
         early_data: bool = False,
+        reset_key: bytes = b"",
         **kw: Any,
     ) -> None:
         self.early_data_allowed = early_data
+        self.reset_key = reset_key
         super().__init__(*args, **kw)
+        self._derive_reset_tokens()
         self.stream_window = stream_window
         self.connection_window = connection_window
         self.stream_consumed: dict[int, int] = {}
         self.unread = 0
+
+    def _derive_reset_tokens(self) -> None:
+        """Stateless reset tokens derived from the connection ID (RFC 9000 section
+        10.3.2), not random as aioquic makes them: so the endpoint can still reset a
+        connection it has forgotten. Derivation is deterministic, so rewriting tokens
+        already sent changes nothing."""
+        for host_cid in self._host_cids:
+            host_cid.stateless_reset_token = reset_token(self.reset_key, host_cid.cid)
+
+    def _replenish_connection_ids(self) -> None:
+        super()._replenish_connection_ids()
+        self._derive_reset_tokens()
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -109,6 +129,10 @@ class CreditedQuicConnection(QuicConnection):
             super()._write_stream_limits(builder, space, stream)
         finally:
             receiver.highest_offset = highest
+
+
+def reset_token(key: bytes, cid: bytes) -> bytes:
+    return hmac.new(key, cid, hashlib.sha256).digest()[:16]
 
 
 class TicketStore:
@@ -170,6 +194,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.retry_threshold = server.config.quic_retry_threshold
         # Connections still in their handshake: the measure of load that turns Retry on.
         self.handshaking: set[Any] = set()
+        self.reset_key = os.urandom(32)
+        self._reset_window_start = 0.0
+        self._resets_in_window = 0
         self._protocol_class = H3Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -203,6 +230,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             return
         protocol = self.connections.get(header.destination_cid)
         if protocol is None:
+            if header.version is None:  # short header: 1-RTT for a connection we forgot
+                self._stateless_reset(header.destination_cid, len(data), addr)
+                return
             if (
                 header.packet_type != QuicPacketType.INITIAL
                 or len(data) < SMALLEST_MAX_DATAGRAM_SIZE
@@ -246,6 +276,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             stream_window=config.quic_max_stream_data,
             connection_window=config.quic_max_data,
             early_data=config.quic_0rtt,
+            reset_key=self.reset_key,
         )
         # aioquic hard-codes 128 concurrent bidirectional streams; ours is a setting.
         quic._local_max_streams_bidi.value = config.quic_max_streams
@@ -262,6 +293,24 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     def connection_id_retired(self, cid: bytes, protocol: Any) -> None:
         if self.connections.get(cid) is protocol:
             del self.connections[cid]
+
+    def _stateless_reset(self, cid: bytes, received: int, addr: NetworkAddress) -> None:
+        """RFC 9000 section 10.3: tell a peer its connection is gone. Smaller than what
+        it answers, so two endpoints cannot loop, and rate limited, so it amplifies
+        nothing."""
+        if received <= STATELESS_RESET_MIN or self.transport is None:
+            return
+        now = self.loop.time()
+        if now - self._reset_window_start >= 1.0:
+            self._reset_window_start = now
+            self._resets_in_window = 0
+        if self._resets_in_window >= STATELESS_RESETS_PER_SECOND:
+            return
+        self._resets_in_window += 1
+        size = min(received - 1, STATELESS_RESET_MIN + 20)
+        unpredictable = bytearray(os.urandom(size - 16))
+        unpredictable[0] = 0x40 | (unpredictable[0] & 0x3F)  # looks like a short header
+        self.transport.sendto(bytes(unpredictable) + reset_token(self.reset_key, cid), addr)
 
     def _send_retry(self, header: Any, addr: NetworkAddress) -> None:
         assert self.transport is not None
