@@ -60,6 +60,7 @@ access_logger = logging.getLogger("multiplex.access")
 CONNECTING, OPEN, CLOSING, CLOSED, RESPONSE, RESPONDED = range(6)
 
 _SPEC = {"version": "3.0", "spec_version": "2.4"}
+_MAX_PONGS = 32
 
 
 class _BoundedDeflate(PerMessageDeflate):
@@ -129,7 +130,7 @@ class WebSocketStream:
         "ping_handle",
         "ping_payload",
         "pong_handle",
-        "pong_pending",
+        "pongs",
         "queue",
         "request",
         "response_head",
@@ -176,7 +177,9 @@ class WebSocketStream:
         self.waiter: asyncio.Future[None] | None = None
         self.lock = asyncio.Lock()
         self.controls: deque[tuple[bytes, bool]] = deque()  # close frames, end of stream
-        self.pong_pending: bytes | None = None  # only the latest ping is answered
+        # Pongs waiting to go out, in order. Bounded: a peer that pings faster than it
+        # reads loses the oldest answers (RFC 6455 5.5.3 asks only for the latest).
+        self.pongs: deque[bytes] = deque(maxlen=_MAX_PONGS)
         self.control_task: asyncio.Task[None] | None = None
         self.ping_handle: asyncio.TimerHandle | None = None
         self.pong_handle: asyncio.TimerHandle | None = None
@@ -276,7 +279,7 @@ class WebSocketStream:
                         return
                 elif opcode is Opcode.PING:
                     if self.state == OPEN:
-                        self.pong_pending = bytes(fp.pong(cast(bytes, frame.payload)))
+                        self.pongs.append(bytes(fp.pong(cast(bytes, frame.payload))))
                         self._kick_controls()
                 elif opcode is Opcode.PONG:
                     if self.ping_payload is not None and frame.payload == self.ping_payload:
@@ -392,9 +395,8 @@ class WebSocketStream:
     async def _send_controls(self) -> None:
         try:
             while True:
-                if self.pong_pending is not None:
-                    data, end = self.pong_pending, False
-                    self.pong_pending = None
+                if self.pongs:
+                    data, end = self.pongs.popleft(), False
                 elif self.controls:
                     data, end = self.controls.popleft()
                 else:
