@@ -168,3 +168,13 @@ def test_other_connect_requests_never_reach_the_app(h2ws: Connect) -> None:
     client.send(ws, "fine")
     assert client.recv(ws) == "fine"
     assert app.calls == ["websocket"]
+
+
+def test_bad_version_is_426(h2ws: Connect) -> None:
+    app = Recorder()
+    _, client = h2ws(app)
+    ws = client.websocket(version=b"8")
+    client.until(lambda: ws.ended)
+    assert ws.status == 426
+    assert dict(ws.headers)[b"sec-websocket-version"] == b"13"
+    assert app.calls == []

@@ -134,7 +134,9 @@ class WSH2Client:
 
     # --- requests and WebSockets -----------------------------------------------------
 
-    def websocket(self, path: str = "/", protocol: bytes = b"websocket") -> WSStream:
+    def websocket(
+        self, path: str = "/", protocol: bytes = b"websocket", version: bytes = b"13"
+    ) -> WSStream:
         stream_id = self.conn.get_next_available_stream_id()
         stream = self.streams[stream_id] = WSStream(stream_id, True)
         self.conn.send_headers(
@@ -145,7 +147,7 @@ class WSH2Client:
                 (b":scheme", self.scheme),
                 (b":path", path.encode()),
                 (b":authority", self.authority),
-                (b"sec-websocket-version", b"13"),
+                (b"sec-websocket-version", version),
             ],
         )
         self.flush()
