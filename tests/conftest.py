@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +31,13 @@ class RunningServer:
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
 
+    @property
+    def quic_port(self) -> int:
+        """The UDP port of the first QUIC endpoint (it differs from `port` when 0 was asked)."""
+        endpoints = self.server.quic_endpoints
+        assert endpoints and endpoints[0].address is not None, "no quic_bind on this server"
+        return endpoints[0].address[1]
+
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the server's loop thread (to look at its state safely)."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -45,6 +54,18 @@ class RunningServer:
     def shutdown(self) -> None:
         """Graceful shutdown, as SIGTERM would do; returns when it is complete."""
         asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(timeout=60)
+
+
+def require_tool(name: str) -> str:
+    """The path of the external client `name`; skips the test when it is not installed,
+    or fails it when MULTIPLEX_REQUIRE_TOOLS=1 (CI installs every tool)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not installed"
+        if os.environ.get("MULTIPLEX_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{message} (MULTIPLEX_REQUIRE_TOOLS=1)")
+        pytest.skip(message)
+    return path
 
 
 @pytest.fixture

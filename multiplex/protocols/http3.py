@@ -61,6 +61,7 @@ class H3Protocol:
         self._timer_at: float | None = None
         self._transmit_scheduled = False
         self._goaway_id: int | None = None
+        self._close_when_drained = False
         self._highest_request_id = -4
         self.server.connections.add(self)
 
@@ -220,6 +221,9 @@ class H3Protocol:
 
     def transmit(self) -> None:
         self._transmit_scheduled = False
+        if self._close_when_drained and self._drained():
+            self._close_when_drained = False
+            self.quic.close(error_code=H3_NO_ERROR)
         endpoint = self.endpoint
         for data, addr in self.quic.datagrams_to_send(now=self.loop.time()):
             endpoint.sendto(data, addr)
@@ -235,6 +239,15 @@ class H3Protocol:
         if not self._transmit_scheduled:
             self._transmit_scheduled = True
             self.loop.call_soon(self.transmit)
+
+    def _drained(self) -> bool:
+        """Every response has been delivered: all data and FINs (or resets) acknowledged.
+        aioquic's `close()` drops whatever stream data is still unsent or unacknowledged,
+        so a graceful close waits for this."""
+        for stream_id, stream in self.quic._streams.items():
+            if stream_id % 4 == 0 and not stream.sender.is_finished:
+                return False
+        return True
 
     def _buffered(self, stream_id: int) -> int | None:
         """Response bytes of the stream not yet acknowledged (None: stream gone)."""
@@ -331,7 +344,7 @@ class H3Protocol:
             except (AssertionError, ValueError):
                 pass
         if not self.streams and self._goaway_id is not None:
-            self.quic.close(error_code=H3_NO_ERROR)
+            self._close_when_drained = True  # once the last responses are delivered
         self._transmit_soon()
 
     # --- life cycle ----------------------------------------------------------------
@@ -348,7 +361,7 @@ class H3Protocol:
                 control, encode_frame(H3_GOAWAY_FRAME, encode_uint_var(self._goaway_id))
             )
         if not self.streams:
-            self.quic.close(error_code=H3_NO_ERROR)
+            self._close_when_drained = True
         self.transmit()
 
     def abort(self) -> None:

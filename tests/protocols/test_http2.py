@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -18,14 +17,26 @@ import pytest
 
 from multiplex.errors import ClientDisconnected
 from tests import apps
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, require_tool
 from tests.protocols.rawh2 import H2Client
 
 RunServer = Callable[..., RunningServer]
 Scope = dict[str, Any]
 
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
-needs_nghttp = pytest.mark.skipif(shutil.which("nghttp") is None, reason="nghttp not installed")
+
+@pytest.fixture
+def curl() -> str:
+    return require_tool("curl")
+
+
+@pytest.fixture
+def nghttp() -> str:
+    return require_tool("nghttp")
+
+
+# Skip when the client is missing, fail instead under MULTIPLEX_REQUIRE_TOOLS=1.
+needs_curl = pytest.mark.usefixtures("curl")
+needs_nghttp = pytest.mark.usefixtures("nghttp")
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
