@@ -16,6 +16,7 @@ import logging
 import os
 from typing import Any, cast
 
+from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
@@ -85,9 +86,7 @@ class CreditedQuicConnection(QuicConnection):
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         if not self.early_data_allowed:
-            # aioquic offers early data in every ticket it issues; without it in the
-            # ticket, clients do not attempt 0-RTT on resumption.
-            self.tls._max_early_data = None
+            _refuse_early_data(self.tls)
 
     @property
     def handshake_complete(self) -> bool:
@@ -129,6 +128,37 @@ class CreditedQuicConnection(QuicConnection):
             super()._write_stream_limits(builder, space, stream)
         finally:
             receiver.highest_offset = highest
+
+
+class _NoEarlyDataContext(tls.Context):
+    """A server TLS context that never accepts 0-RTT: aioquic accepts early data from any
+    resuming client that sends it, whatever its tickets said."""
+
+    @property
+    def early_data_accepted(self) -> bool:
+        return False  # so EncryptedExtensions tells the client to resend in 1-RTT
+
+    @early_data_accepted.setter
+    def early_data_accepted(self, value: bool) -> None:
+        pass
+
+
+def _refuse_early_data(context: tls.Context) -> None:
+    # Tickets without early data: well-behaved clients do not even try.
+    context._max_early_data = None
+    context.__class__ = _NoEarlyDataContext
+    install_key = context.update_traffic_key_cb
+
+    def without_zero_rtt_keys(
+        direction: tls.Direction, epoch: tls.Epoch, suite: tls.CipherSuite, secret: bytes
+    ) -> None:
+        # Without 0-RTT read keys, early packets are dropped undecrypted, never served
+        # twice (the client resends their content in 1-RTT).
+        if epoch == tls.Epoch.ZERO_RTT and direction == tls.Direction.DECRYPT:
+            return
+        install_key(direction, epoch, suite, secret)
+
+    context.update_traffic_key_cb = without_zero_rtt_keys
 
 
 def reset_token(key: bytes, cid: bytes) -> bytes:
