@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any
 
+import httpx
+
 from tests import apps
 from tests.conftest import require_tool
 
@@ -184,3 +186,32 @@ def test_connection_migration(run_server: Any, tls_config: Any) -> None:
     )
     assert "Changing local address" in rebound
     assert rebound.count("[:status: 200]") == 2
+
+
+def test_qlog_and_key_log_files(run_server: Any, tls_config: Any, tmp_path: Any) -> None:
+    """--quic-qlog-dir writes a qlog per connection; the key log gets the secrets of both
+    the TCP (TLS) and the QUIC connection, in NSS key log format."""
+    qlog_dir = tmp_path / "qlog"
+    keylog = tmp_path / "keys.log"
+    running = run_server(
+        apps.hello,
+        quic_bind=["127.0.0.1:0"],
+        quic_qlog_dir=str(qlog_dir),
+        keylog_file=str(keylog),
+        **tls_config,
+    )
+    port = str(running.quic_port)
+    output = _gtlsclient("127.0.0.1", port, f"https://localhost:{port}/")
+    assert "[:status: 200]" in output
+    with httpx.Client(verify=False, http2=True) as client:
+        assert client.get(f"{running.url}/").text == "hello 2"
+    deadline = time.monotonic() + 10
+    while not list(qlog_dir.glob("*.qlog")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # aioquic writes the file when the connection ends
+    qlogs = list(qlog_dir.glob("*.qlog"))
+    assert qlogs, "no qlog written"
+    assert '"qlog_version"' in qlogs[0].read_text()
+    labels = {line.split()[0] for line in keylog.read_text().splitlines() if line.strip()}
+    # TLS 1.3 secrets: the QUIC connection and the TCP one each log their traffic secrets.
+    assert "CLIENT_TRAFFIC_SECRET_0" in labels and "SERVER_HANDSHAKE_TRAFFIC_SECRET" in labels
+    assert len(keylog.read_text().splitlines()) >= 8  # two connections' worth
