@@ -215,3 +215,33 @@ def test_qlog_and_key_log_files(run_server: Any, tls_config: Any, tmp_path: Any)
     # TLS 1.3 secrets: the QUIC connection and the TCP one each log their traffic secrets.
     assert "CLIENT_TRAFFIC_SECRET_0" in labels and "SERVER_HANDSHAKE_TRAFFIC_SECRET" in labels
     assert len(keylog.read_text().splitlines()) >= 8  # two connections' worth
+
+
+def test_anti_amplification_limit(run_server: Any, tls_config: Any) -> None:
+    """RFC 9000 section 8.1: before the client's address is validated, the server sends
+    at most three times what it received. A client that sends one Initial and then goes
+    silent gets no more than that, however often the server's loss timers fire."""
+    from aioquic.h3.connection import H3_ALPN
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    running = run_server(apps.hello, quic_bind=["127.0.0.1:0"], **tls_config)
+    port = running.quic_port
+    client = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN))
+    client.connect(("127.0.0.1", port), now=time.monotonic())
+    sent = 0
+    received = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for datagram, _ in client.datagrams_to_send(now=time.monotonic()):
+            sock.sendto(datagram, ("127.0.0.1", port))
+            sent += len(datagram)
+        sock.settimeout(0.25)
+        deadline = time.monotonic() + 3.0  # several of the server's PTO periods
+        while time.monotonic() < deadline:
+            try:
+                received += len(sock.recv(65536))
+            except TimeoutError:
+                continue
+    assert sent >= 1200
+    assert received > 0, "the server never answered the Initial"
+    assert received <= 3 * sent, (sent, received)
