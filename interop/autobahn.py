@@ -128,7 +128,13 @@ def verdict(entry: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="leave out sections 9, 12, 13")
-    parser.add_argument("-p", "--parallelism", type=int, default=4, help="cases at once")
+    parser.add_argument(
+        "-p",
+        "--parallelism",
+        type=int,
+        default=2,
+        help="cases at once (more than the CPU count makes slow cases miss their deadline)",
+    )
     parser.add_argument("-o", "--outdir", help="keep the reports here (default: a temp dir)")
     args = parser.parse_args(argv)
 
