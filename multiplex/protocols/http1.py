@@ -406,9 +406,7 @@ def _is_websocket(method: bytes, headers: Headers) -> bool:
         if name == b"upgrade":
             upgrade = upgrade or b"websocket" in [t.strip().lower() for t in value.split(b",")]
         elif name == b"connection":
-            connection = connection or b"upgrade" in [
-                t.strip().lower() for t in value.split(b",")
-            ]
+            connection = connection or b"upgrade" in [t.strip().lower() for t in value.split(b",")]
     return upgrade and connection
 
 
