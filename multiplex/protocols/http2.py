@@ -21,6 +21,7 @@ from hyperframe.frame import GoAwayFrame
 
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.base import BaseConnection
+from multiplex.protocols.fields import request_from_fields
 from multiplex.streams import open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Stream
 
@@ -135,38 +136,10 @@ class H2Protocol(BaseConnection):
         if self._goaway_last_id is not None and stream_id > self._goaway_last_id:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        method = path = authority = protocol = b""
-        headers: Headers = []
-        cookies: list[bytes] = []
-        for name, value in event.headers:
-            if name[0] == 58:  # b":"; h2 has checked which pseudo-headers are allowed
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                elif name == b":protocol":
-                    protocol = value
-            elif name == b"cookie":
-                cookies.append(value)
-            else:
-                headers.append((name, value))
-        if cookies:
-            # RFC 9113 section 8.2.3: split cookie fields are joined for HTTP/1.1 apps.
-            headers.append((b"cookie", b"; ".join(cookies)))
-        if authority and not any(name == b"host" for name, _ in headers):
-            headers.insert(0, (b"host", authority))
-        websocket = False
-        if method == b"CONNECT":
-            # RFC 8441: an extended CONNECT with `:protocol websocket` is a WebSocket;
-            # any other protocol, or a plain CONNECT (we are no proxy), is answered here.
-            if protocol != b"websocket":
-                self._refuse(stream_id, 501 if protocol else 405)
-                return
-            websocket = True
-        expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
-        request = Request(method.decode("ascii"), path, headers, expect, websocket)
+        request = request_from_fields(event.headers)
+        if isinstance(request, int):
+            self._refuse(stream_id, request)
+            return
         self._new_stream(stream_id, request)
 
     def _refuse(self, stream_id: int, status: int) -> None:

@@ -19,8 +19,9 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.connection import NetworkAddress
 
 from multiplex.errors import ClientDisconnected
-from multiplex.streams.http import HTTPStream
-from multiplex.streams.seam import ConnectionInfo, Headers, Request
+from multiplex.protocols.fields import request_from_fields
+from multiplex.streams import open_stream
+from multiplex.streams.seam import ConnectionInfo, Headers, Stream
 
 if TYPE_CHECKING:
     from multiplex.protocols.quic import CreditedQuicConnection, QuicEndpoint
@@ -53,7 +54,7 @@ class H3Protocol:
         self.h3 = H3Connection(quic)
         self.loop = endpoint.loop
         self.info = ConnectionInfo("3", "https", (str(addr[0]), int(addr[1])), endpoint.address)
-        self.streams: dict[int, HTTPStream] = {}
+        self.streams: dict[int, Stream] = {}
         self.unread: dict[int, int] = {}  # request body bytes fed to a stream, not yet read
         self.closed = False
         self._send_waiters: dict[int, asyncio.Future[None]] = {}
@@ -130,34 +131,17 @@ class H3Protocol:
         if stream_id > self._highest_request_id:
             self._highest_request_id = stream_id
         early = not self.quic.handshake_complete
-        method = path = authority = b""
-        headers: Headers = []
-        cookies: list[bytes] = []
-        for name, value in event.headers:
-            if name[:1] == b":":  # aioquic has validated the pseudo-headers
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-            elif name == b"cookie":
-                cookies.append(value)
-            else:
-                headers.append((name, value))
-        if cookies:
-            headers.append((b"cookie", b"; ".join(cookies)))
-        if authority and not any(name == b"host" for name, _ in headers):
-            headers.insert(0, (b"host", authority))
+        request = request_from_fields(event.headers)
+        if isinstance(request, int):
+            self._refuse(stream_id, request)
+            return
         if early:
             # RFC 8470: this request may be a replay of 0-RTT data.
-            if method.decode("ascii") not in self.config.quic_0rtt_methods:
+            if request.method not in self.config.quic_0rtt_methods:
                 self._too_early(stream_id)
                 return
-            headers.append((b"early-data", b"1"))
-        expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
-        request = Request(method.decode("ascii"), path, headers, expect)
-        stream = HTTPStream(self, stream_id, request, self.info, self.server)
+            request.headers.append((b"early-data", b"1"))
+        stream = open_stream(self, stream_id, request, self.info, self.server)
         self.streams[stream_id] = stream
         self.unread[stream_id] = 0
         stream.start()
@@ -165,19 +149,20 @@ class H3Protocol:
             stream.feed_end()
 
     def _too_early(self, stream_id: int) -> None:
-        """425 Too Early (RFC 8470 section 5.2), without calling the app: the client
-        retries after the handshake, when a replay is no longer possible."""
-        body = b"Too Early: retry this request after the handshake\n"
-        self.h3.send_headers(
-            stream_id,
-            [
-                (b":status", b"425"),
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        )
-        self.h3.send_data(stream_id, body, end_stream=True)
+        """425 Too Early (RFC 8470 section 5.2): the client retries after the handshake,
+        when a replay is no longer possible."""
+        self._refuse(stream_id, 425, b"Too Early: retry this request after the handshake\n")
+
+    def _refuse(self, stream_id: int, status: int, body: bytes = b"") -> None:
+        """A complete response that never reaches the app."""
+        logger.info("HTTP/3 stream %s from %s refused: %s", stream_id, self.info.client, status)
+        headers = [(b":status", _STATUS[status]), (b"content-length", str(len(body)).encode())]
+        if body:
+            headers.append((b"content-type", b"text/plain; charset=utf-8"))
         try:
+            self.h3.send_headers(stream_id, headers, end_stream=not body)
+            if body:
+                self.h3.send_data(stream_id, body, end_stream=True)
             self.quic.stop_stream(stream_id, H3_NO_ERROR)
         except SEND_ERRORS:
             pass
@@ -321,6 +306,22 @@ class H3Protocol:
             if not self.closed:
                 self._transmit_soon()
 
+    def accept_websocket(self, stream_id: int, headers: Headers) -> int:
+        """RFC 9220: the extended CONNECT is answered 200; the stream's DATA frames then
+        carry the WebSocket both ways."""
+        if self.closed or stream_id not in self.streams:
+            raise ClientDisconnected(f"stream {stream_id} closed")
+        out = [(b":status", b"200")]
+        for header in headers:
+            if header[0] not in CONNECTION_SPECIFIC:
+                out.append(header)
+        try:
+            self.h3.send_headers(stream_id, out)
+        except SEND_ERRORS as exc:
+            raise ClientDisconnected(f"stream {stream_id}: {exc}") from None
+        self._transmit_soon()
+        return 200
+
     def reset(self, stream_id: int) -> None:
         if self.closed:
             return
@@ -331,12 +332,13 @@ class H3Protocol:
         self._transmit_soon()
 
     def stream_complete(self, stream_id: int) -> None:
-        stream = self.streams.pop(stream_id, None)
+        self.streams.pop(stream_id, None)
         self.quic.forget(stream_id, self.unread.pop(stream_id, 0))
         self._send_waiters.pop(stream_id, None)
         if self.closed:
             return
-        if stream is not None and not stream.ended:
+        quic_stream = self.quic._streams.get(stream_id)
+        if quic_stream is not None and not quic_stream.receiver.is_finished:
             # Complete response, request still coming: ask the client to stop sending
             # (RFC 9114 section 4.1.1).
             try:
@@ -360,6 +362,8 @@ class H3Protocol:
             self.quic.send_stream_data(
                 control, encode_frame(H3_GOAWAY_FRAME, encode_uint_var(self._goaway_id))
             )
+        for stream in list(self.streams.values()):
+            stream.going_away()  # WebSockets close (1001); responses just finish
         if not self.streams:
             self._close_when_drained = True
         self.transmit()

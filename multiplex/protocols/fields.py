@@ -1,0 +1,44 @@
+"""Request fields as HTTP/2 and HTTP/3 carry them, turned into the `Request` an ASGI
+stream expects. Both protocols share the rules: pseudo-headers out, `:authority` in as
+`host`, split `cookie` fields joined (RFC 9113 section 8.2.3, RFC 9114 section 4.2.1),
+and extended CONNECT (RFC 8441, RFC 9220) recognised as a WebSocket."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multiplex.streams.seam import Headers, Request
+
+
+def request_from_fields(fields: Iterable[tuple[bytes, bytes]]) -> Request | int:
+    """The request, or the status to refuse it with before any app sees it: 405 for a
+    plain CONNECT (we are no proxy), 501 for an extended CONNECT to another protocol.
+    The library below has already checked which pseudo-headers are allowed."""
+    method = path = authority = protocol = b""
+    headers: Headers = []
+    cookies: list[bytes] = []
+    for name, value in fields:
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":protocol":
+                protocol = value
+        elif name == b"cookie":
+            cookies.append(value)
+        else:
+            headers.append((name, value))
+    if cookies:
+        headers.append((b"cookie", b"; ".join(cookies)))
+    if authority and not any(name == b"host" for name, _ in headers):
+        headers.insert(0, (b"host", authority))
+    websocket = False
+    if method == b"CONNECT":
+        if protocol != b"websocket":
+            return 501 if protocol else 405
+        websocket = True
+    expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
+    return Request(method.decode("ascii"), path, headers, expect, websocket)
