@@ -15,13 +15,12 @@ import time
 from collections import deque
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import unquote
 
 from multiplex.errors import ClientDisconnected
+from multiplex.streams.common import base_scope, log_access, start_app_task
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Wire
 
 logger = logging.getLogger("multiplex")
-access_logger = logging.getLogger("multiplex.access")
 
 # Stream life cycle, as small ints (compared on every message).
 REQUEST, RESPONSE_STARTED, RESPONSE_BODY, RESPONSE_DONE = 0, 1, 2, 3
@@ -96,39 +95,16 @@ class HTTPStream:
         self.scope = self._build_scope()
 
     def _build_scope(self) -> dict[str, Any]:
-        request = self.request
-        raw_path, _, query = request.raw_target.partition(b"?")
-        root_path = self.server.config.root_path
-        path = unquote(raw_path.decode("latin-1"), errors="surrogateescape")
-        if root_path:
-            # As a proxy that strips the prefix would present it (ASGI: path includes it).
-            path = root_path + path
-            raw_path = root_path.encode() + raw_path
-        return {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": self.info.http_version,
-            "method": request.method,
-            "scheme": self.info.scheme,
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": root_path,
-            "headers": request.headers,
-            "client": self.info.client,
-            "server": self.info.server,
-            "state": self.server.lifespan_state.copy(),
-            "extensions": self.info.extensions,
-        }
+        info = self.info
+        scope = base_scope("http", self.request, info, self.server, info.scheme, info.extensions)
+        scope["method"] = self.request.method
+        return scope
 
     # --- from the wire ---------------------------------------------------------------
 
     def start(self) -> None:
         self.start_time = time.monotonic()
-        task = self.task = asyncio.get_running_loop().create_task(self._run())
-        tasks = self.server.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self.task = start_app_task(self.server, self._run())
 
     def feed_body(self, data: bytes) -> None:
         if self.state == RESPONSE_DONE or self.disconnected:
@@ -340,18 +316,5 @@ class HTTPStream:
             self.wire.reset(self.stream_id)
 
     def _log_access(self) -> None:
-        from multiplex.logs import access_line
-
-        duration = time.monotonic() - self.start_time
-        protocol = "HTTP/" + self.info.http_version
-        access_logger.info(
-            access_line(
-                self.info.client,
-                self.request.method,
-                self.request.raw_target.decode("latin-1"),
-                protocol,
-                self.status if self.state == RESPONSE_DONE else 0,
-                self.body_bytes,
-                duration,
-            )
-        )
+        status = self.status if self.state == RESPONSE_DONE else 0
+        log_access(self.request, self.info, status, self.body_bytes, self.start_time)

@@ -29,7 +29,6 @@ import time
 import zlib
 from collections import deque
 from typing import Any, cast
-from urllib.parse import unquote
 
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import (
@@ -42,6 +41,7 @@ from wsproto.frame_protocol import (
 )
 
 from multiplex.errors import ClientDisconnected
+from multiplex.streams.common import base_scope, log_access, start_app_task
 from multiplex.streams.http import http_date
 from multiplex.streams.seam import (
     ConnectionInfo,
@@ -52,14 +52,12 @@ from multiplex.streams.seam import (
 )
 
 logger = logging.getLogger("multiplex")
-access_logger = logging.getLogger("multiplex.access")
 
 # Life cycle. CONNECTING: waiting for the app to accept. OPEN: frames both ways.
 # CLOSING: we sent a close frame, the peer's has not come. CLOSED: the close handshake is
 # over (or the connection failed). RESPONSE / RESPONDED: denied with an HTTP response.
 CONNECTING, OPEN, CLOSING, CLOSED, RESPONSE, RESPONDED = range(6)
 
-_SPEC = {"version": "3.0", "spec_version": "2.4"}
 _MAX_PONGS = 32
 
 
@@ -192,40 +190,19 @@ class WebSocketStream:
         self.scope = self._build_scope()
 
     def _build_scope(self) -> dict[str, Any]:
-        request = self.request
-        raw_path, _, query = request.raw_target.partition(b"?")
-        root_path = self.server.config.root_path
-        path = unquote(raw_path.decode("latin-1"), errors="surrogateescape")
-        if root_path:
-            path = root_path + path
-            raw_path = root_path.encode() + raw_path
-        extensions = dict(self.info.extensions)
+        info = self.info
+        extensions = dict(info.extensions)
         extensions["websocket.http.response"] = {}
-        return {
-            "type": "websocket",
-            "asgi": _SPEC,
-            "http_version": self.info.http_version,
-            "scheme": "wss" if self.info.scheme == "https" else "ws",
-            "path": path,
-            "raw_path": raw_path,
-            "query_string": query,
-            "root_path": root_path,
-            "headers": request.headers,
-            "client": self.info.client,
-            "server": self.info.server,
-            "subprotocols": _header_tokens(request.headers, b"sec-websocket-protocol"),
-            "state": self.server.lifespan_state.copy(),
-            "extensions": extensions,
-        }
+        scheme = "wss" if info.scheme == "https" else "ws"
+        scope = base_scope("websocket", self.request, info, self.server, scheme, extensions)
+        scope["subprotocols"] = _header_tokens(self.request.headers, b"sec-websocket-protocol")
+        return scope
 
     # --- from the wire ---------------------------------------------------------------
 
     def start(self) -> None:
         self.start_time = time.monotonic()
-        task = self.task = asyncio.get_running_loop().create_task(self._run())
-        tasks = self.server.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        self.task = start_app_task(self.server, self._run())
 
     def feed_body(self, data: bytes) -> None:
         state = self.state
@@ -747,19 +724,7 @@ class WebSocketStream:
         return f"{peer} {self.request.raw_target.decode('latin-1')}"
 
     def _log_access(self) -> None:
-        from multiplex.logs import access_line
-
-        access_logger.info(
-            access_line(
-                self.info.client,
-                self.request.method,
-                self.request.raw_target.decode("latin-1"),
-                "HTTP/" + self.info.http_version,
-                self.status,
-                self.body_bytes,
-                time.monotonic() - self.start_time,
-            )
-        )
+        log_access(self.request, self.info, self.status, self.body_bytes, self.start_time)
 
 
 _KNOWN = frozenset(

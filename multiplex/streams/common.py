@@ -1,0 +1,74 @@
+"""What the HTTP and WebSocket streams share: the scope keys every ASGI connection
+scope has, the app task's bookkeeping, and the access log line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+from urllib.parse import unquote
+
+from multiplex.logs import access_line
+from multiplex.streams.seam import ConnectionInfo, Request, ServerState
+
+access_logger = logging.getLogger("multiplex.access")
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+
+
+def base_scope(
+    kind: str,
+    request: Request,
+    info: ConnectionInfo,
+    server: ServerState,
+    scheme: str,
+    extensions: dict[str, Any],
+) -> dict[str, Any]:
+    """The keys `http` and `websocket` scopes have in common."""
+    raw_path, _, query = request.raw_target.partition(b"?")
+    root_path = server.config.root_path
+    path = unquote(raw_path.decode("latin-1"), errors="surrogateescape")
+    if root_path:
+        # As a proxy that strips the prefix would present it (ASGI: path includes it).
+        path = root_path + path
+        raw_path = root_path.encode() + raw_path
+    return {
+        "type": kind,
+        "asgi": ASGI_VERSION,
+        "http_version": info.http_version,
+        "scheme": scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": root_path,
+        "headers": request.headers,
+        "client": info.client,
+        "server": info.server,
+        "state": server.lifespan_state.copy(),
+        "extensions": extensions,
+    }
+
+
+def start_app_task(server: ServerState, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """One task per stream, known to the server so shutdown can cancel stragglers."""
+    task = asyncio.get_running_loop().create_task(coro)
+    server.tasks.add(task)
+    task.add_done_callback(server.tasks.discard)
+    return task
+
+
+def log_access(
+    request: Request, info: ConnectionInfo, status: int, nbytes: int, start_time: float
+) -> None:
+    access_logger.info(
+        access_line(
+            info.client,
+            request.method,
+            request.raw_target.decode("latin-1"),
+            "HTTP/" + info.http_version,
+            status,
+            nbytes,
+            time.monotonic() - start_time,
+        )
+    )
