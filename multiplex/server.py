@@ -171,6 +171,7 @@ class Server:
         if self.lifespan is not None:
             await self.lifespan.shutdown()
         self.state = None
+        logger.info("Stopped")
 
     async def _cancel_app_tasks(self) -> None:
         assert self.state is not None
