@@ -1,0 +1,69 @@
+"""The benchmark harness keeps working: a smoke run (one short round per scenario) against
+multiplex and Hypercorn writes a table with a positive figure in every cell. No timing is
+asserted: the figures of a smoke run mean nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from interop.benchmarks.scenarios import SCENARIOS
+from tests.conftest import require_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(240)
+def test_benchmark_smoke_writes_a_table(tmp_path: Path) -> None:
+    for tool in ("wrk", "h2load", "gtlsclient"):
+        require_tool(tool)
+    if importlib.util.find_spec("hypercorn") is None:
+        pytest.skip("hypercorn not installed")
+    table = tmp_path / "table.md"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "interop.benchmarks",
+            "--smoke",
+            "--servers",
+            "multiplex,hypercorn",
+            "--output",
+            str(table),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert table.exists(), result.stdout + result.stderr
+    text = table.read_text()
+    assert "Machine:" in text and "Date:" in text
+    header = next(line for line in text.splitlines() if line.startswith("| Scenario |"))
+    assert [c.strip() for c in header.strip("|").split("|")][1:] == [
+        "multiplex",
+        "hypercorn-asyncio",
+        "hypercorn-uvloop",
+    ]
+    throughput = text.split("Peak memory")[0]
+    for scenario in SCENARIOS:
+        row = next(
+            (line for line in throughput.splitlines() if line.startswith(f"| {scenario.title} (")),
+            None,
+        )
+        assert row is not None, f"no row for {scenario.key}:\n{text}"
+        cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+        assert len(cells) == 3, row
+        for cell in cells:
+            number = re.match(r"[\d,.]+", cell)
+            assert number is not None, f"{scenario.key}: {cell!r}\n{result.stderr[-3000:]}"
+            assert float(number.group(0).replace(",", "")) > 0, row
+    assert table.with_suffix(".json").exists()
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert table.with_suffix(".png").stat().st_size > 0
