@@ -147,6 +147,10 @@ class H11Protocol(BaseConnection):
         self.response_done = False
         expect = self.conn.they_are_waiting_for_100_continue
         request = Request(event.method.decode("ascii"), event.target, headers, expect, websocket)
+        # Trailers only to a client that said it takes them (RFC 9110 section 10.1.4), in
+        # a chunked body (HTTP/1.1); no 1xx responses to an HTTP/1.0 client (section 15.2).
+        request.trailers = event.http_version == b"1.1" and _accepts_trailers(headers)
+        request.early_hints = event.http_version == b"1.1"
         if websocket:
             pass  # an `Upgrade: websocket` is never an h2c upgrade
         elif self.config.h2c and self.info.scheme == "http":
@@ -234,7 +238,7 @@ class H11Protocol(BaseConnection):
     # --- Wire verbs --------------------------------------------------------------------
 
     def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
-        if stream_id != self.stream_id or self.closed:
+        if stream_id != self.stream_id or self.closed or self.conn.their_http_version == b"1.0":
             return
         try:
             self.transport.write(
@@ -291,6 +295,19 @@ class H11Protocol(BaseConnection):
             self._response_complete()
         elif self.write_paused:
             await self.drain()
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        if stream_id != self.stream_id or self.closed:
+            return
+        # Only a chunked body has a trailer section; otherwise the fields are dropped.
+        chunked = type(getattr(self.conn, "_writer", None)).__name__ == "ChunkedWriter"
+        try:
+            out = self.conn.send(h11.EndOfMessage(headers=headers if chunked else []))
+        except h11.LocalProtocolError as exc:
+            self.close()
+            raise RuntimeError(f"invalid response trailers: {exc}") from None
+        self.transport.write(out)
+        self._response_complete()
 
     def consumed(self, stream_id: int, n: int) -> None:
         if stream_id != self.stream_id:
@@ -408,6 +425,15 @@ def _is_websocket(method: bytes, headers: Headers) -> bool:
         elif name == b"connection":
             connection = connection or b"upgrade" in [t.strip().lower() for t in value.split(b",")]
     return upgrade and connection
+
+
+def _accepts_trailers(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"te" and b"trailers" in [
+            t.split(b";")[0].strip().lower() for t in value.split(b",")
+        ]:
+            return True
+    return False
 
 
 def _h2c_settings(headers: Headers) -> bytes | None:

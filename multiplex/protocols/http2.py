@@ -303,6 +303,15 @@ class H2Protocol(BaseConnection):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        if self.closed:
+            return
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=True)
+        except h2.exceptions.StreamClosedError:
+            return  # reset by the peer meanwhile; the stream knows
+        self._schedule_flush()
+
     def consumed(self, stream_id: int, n: int) -> None:
         if n and not self.closed:
             self.h2.acknowledge_received_data(n, stream_id)

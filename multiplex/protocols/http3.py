@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import H3Connection, ProtocolError, encode_frame
@@ -53,7 +53,13 @@ class H3Protocol:
         self.quic = quic
         self.h3 = H3Connection(quic)
         self.loop = endpoint.loop
-        self.info = ConnectionInfo("3", "https", (str(addr[0]), int(addr[1])), endpoint.address)
+        self.info = ConnectionInfo(
+            "3",
+            "https",
+            (str(addr[0]), int(addr[1])),
+            endpoint.address,
+            {"tls": _tls_extension(endpoint)},
+        )
         self.streams: dict[int, Stream] = {}
         self.unread: dict[int, int] = {}  # request body bytes fed to a stream, not yet read
         self.closed = False
@@ -141,6 +147,12 @@ class H3Protocol:
                 self._too_early(stream_id)
                 return
             request.headers.append((b"early-data", b"1"))
+        tls_info = self.info.extensions["tls"]
+        if tls_info["cipher_suite"] is None:
+            # Known once the server has chosen it (in time for 0-RTT requests too).
+            key_schedule = getattr(self.quic.tls, "key_schedule", None)
+            if key_schedule is not None and key_schedule.cipher_suite is not None:
+                tls_info["cipher_suite"] = int(key_schedule.cipher_suite)
         stream = open_stream(self, stream_id, request, self.info, self.server)
         self.streams[stream_id] = stream
         self.unread[stream_id] = 0
@@ -299,6 +311,16 @@ class H3Protocol:
             if not view:
                 return
 
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        if self.closed or stream_id not in self.streams:
+            return
+        try:
+            self.h3.send_headers(stream_id, headers, end_stream=True)
+        except SEND_ERRORS as exc:
+            logger.debug("HTTP/3 stream %s: cannot send trailers: %s", stream_id, exc)
+            return
+        self._transmit_soon()
+
     def consumed(self, stream_id: int, n: int) -> None:
         if n and stream_id in self.unread:
             self.unread[stream_id] -= n
@@ -373,3 +395,27 @@ class H3Protocol:
             self.quic.close(error_code=H3_NO_ERROR, reason_phrase="server shutting down")
             self.transmit()
             self._terminated()
+
+
+def _tls_extension(endpoint: QuicEndpoint) -> dict[str, Any]:
+    """The asgiref `tls` extension for a QUIC connection: always TLS 1.3; the cipher
+    suite is filled in once chosen. aioquic asks for no client certificate."""
+    pem = getattr(endpoint, "_server_cert_pem", None)
+    if pem is None:
+        from cryptography.hazmat.primitives import serialization
+
+        certificate = endpoint.configuration.certificate
+        pem = (
+            certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+            if certificate is not None
+            else ""
+        )
+        endpoint._server_cert_pem = pem  # type: ignore[attr-defined]
+    return {
+        "server_cert": pem or None,
+        "client_cert_chain": [],
+        "client_cert_name": None,
+        "client_cert_error": None,
+        "tls_version": 0x0304,
+        "cipher_suite": None,
+    }

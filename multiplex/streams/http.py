@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
 from collections import deque
 from email.utils import formatdate
@@ -22,8 +24,50 @@ from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState
 
 logger = logging.getLogger("multiplex")
 
-# Stream life cycle, as small ints (compared on every message).
-REQUEST, RESPONSE_STARTED, RESPONSE_BODY, RESPONSE_DONE = 0, 1, 2, 3
+# Stream life cycle, as small ints (compared on every message). RESPONSE_TRAILERS: the
+# body is complete, the app announced trailers and they have not all come yet.
+REQUEST, RESPONSE_STARTED, RESPONSE_BODY, RESPONSE_DONE, RESPONSE_TRAILERS = 0, 1, 2, 3, 4
+
+# http.response.pathsend reads the file in chunks of this size, in a worker thread.
+PATHSEND_CHUNK = 64 * 1024
+
+# Fields a trailer section may not carry (RFC 9110 section 6.5.1): framing, routing,
+# connection-specific fields, and response controls a recipient needs before the body.
+FORBIDDEN_TRAILERS = frozenset(
+    [
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"authorization",
+        b"set-cookie",
+        b"cache-control",
+        b"expires",
+        b"age",
+        b"date",
+        b"location",
+        b"retry-after",
+        b"vary",
+    ]
+)
+_BAD_FIELD_BYTES = (b"\r", b"\n", b"\x00")
+_KNOWN = frozenset(
+    [
+        "http.response.start",
+        "http.response.body",
+        "http.response.trailers",
+        "http.response.early_hint",
+        "http.response.pathsend",
+    ]
+)
 
 _date_second = 0
 _date_value = b""
@@ -62,6 +106,8 @@ class HTTPStream:
         "status",
         "stream_id",
         "task",
+        "trailer_fields",
+        "trailers",
         "waiter",
         "wire",
     )
@@ -88,6 +134,8 @@ class HTTPStream:
         self.state = REQUEST
         self.status = 0
         self.response_headers: Headers = []
+        self.trailers = False  # the app announced trailers in http.response.start
+        self.trailer_fields: Headers = []
         self.body_bytes = 0
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -96,7 +144,14 @@ class HTTPStream:
 
     def _build_scope(self) -> dict[str, Any]:
         info = self.info
-        scope = base_scope("http", self.request, info, self.server, info.scheme, info.extensions)
+        request = self.request
+        extensions = dict(info.extensions)
+        extensions["http.response.pathsend"] = {}
+        if request.trailers:
+            extensions["http.response.trailers"] = {}
+        if request.early_hints:
+            extensions["http.response.early_hint"] = {}
+        scope = base_scope("http", request, info, self.server, info.scheme, extensions)
         scope["method"] = self.request.method
         return scope
 
@@ -172,11 +227,23 @@ class HTTPStream:
             if state == REQUEST:
                 self._start_response(message)
                 return
+        elif kind == "http.response.trailers":
+            if state == RESPONSE_TRAILERS:
+                await self._send_trailers(message)
+                return
+        elif kind == "http.response.early_hint":
+            if state == REQUEST:
+                self._early_hint(message)
+                return
+        elif kind == "http.response.pathsend":
+            if state == RESPONSE_STARTED:
+                await self._pathsend(message)
+                return
         if self.disconnected:
             raise ClientDisconnected(f"stream {self.stream_id}: client disconnected")
         if state == RESPONSE_DONE:
             raise RuntimeError(f"ASGI message {kind!r} sent after the response completed")
-        if kind in ("http.response.start", "http.response.body"):
+        if kind in _KNOWN:
             raise RuntimeError(f"ASGI message {kind!r} out of order")
         raise RuntimeError(f"unknown ASGI message type {kind!r}")
 
@@ -204,9 +271,64 @@ class HTTPStream:
             headers.append((name.lower(), value))
         self.status = status
         self.response_headers = headers
+        self.trailers = bool(message.get("trailers", False))
         self.state = RESPONSE_STARTED
 
-    def _final_headers(self, body: bytes | None) -> Headers:
+    def _early_hint(self, message: dict[str, Any]) -> None:
+        """asgiref Early Hints: a 103 with one `link` field per entry."""
+        links = message.get("links", ())
+        if isinstance(links, (bytes, str)):
+            raise TypeError("http.response.early_hint: links must be a list of bytes")
+        headers: Headers = []
+        for link in links:
+            if type(link) is not bytes:
+                raise TypeError(f"http.response.early_hint: each link must be bytes, got {link!r}")
+            if any(bad in link for bad in _BAD_FIELD_BYTES):
+                raise ValueError(f"http.response.early_hint: invalid link {link!r}")
+            headers.append((b"link", link))
+        if headers and self.request.early_hints and not self.disconnected:
+            self.wire.send_informational(self.stream_id, 103, headers)
+
+    async def _send_trailers(self, message: dict[str, Any]) -> None:
+        for item in message.get("headers", ()):
+            try:
+                name, value = item
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"http.response.trailers: a field must be a [name, value] pair, got {item!r}"
+                ) from None
+            if type(name) is not bytes or type(value) is not bytes:
+                raise TypeError(
+                    f"http.response.trailers: names and values must be bytes, got {item!r}"
+                )
+            name = name.lower()
+            if (
+                not name
+                or name.startswith(b":")
+                or b" " in name
+                or b":" in name
+                or any(bad in name or bad in value for bad in _BAD_FIELD_BYTES)
+            ):
+                raise ValueError(f"http.response.trailers: invalid field {item!r}")
+            if name in FORBIDDEN_TRAILERS:
+                raise ValueError(
+                    f"http.response.trailers: {name.decode('latin-1')} may not be a trailer"
+                )
+            self.trailer_fields.append((name, value))
+        if message.get("more_trailers", False):
+            return
+        self.state = RESPONSE_DONE
+        fields = self.trailer_fields
+        if self.disconnected:
+            raise ClientDisconnected(f"stream {self.stream_id}: client disconnected")
+        if fields and self.request.trailers and not self.head_only:
+            if not _no_body_status(self.status):
+                self.wire.send_trailers(self.stream_id, fields)
+                return
+        # Nowhere to put them (HEAD, 204/304, a client that did not ask): just end.
+        await self.wire.send_body(self.stream_id, b"", True)
+
+    def _final_headers(self, length: int | None) -> Headers:
         """The app's headers plus server, date and (when the body is known) length."""
         headers = self.response_headers
         have_date = have_server = have_length = False
@@ -224,8 +346,8 @@ class HTTPStream:
             headers.append((b"date", http_date()))
         if self.info.response_headers:
             headers.extend(self.info.response_headers)
-        if body is not None and not have_length and not _no_body_status(self.status):
-            headers.append((b"content-length", str(len(body)).encode("ascii")))
+        if length is not None and not have_length and not _no_body_status(self.status):
+            headers.append((b"content-length", str(length).encode("ascii")))
         return headers
 
     async def _send_body(self, message: dict[str, Any]) -> None:
@@ -240,28 +362,70 @@ class HTTPStream:
                     f"http.response.body: body must be bytes, got {type(body).__name__}"
                 )
         more = bool(message.get("more_body", False))
+        # With trailers to come the body does not end the stream, and no length is
+        # claimed (HTTP/1.1 can carry trailers only in a chunked body).
+        end = not more and not self.trailers
         # A HEAD response carries the length a GET would have had, when the app gave the
         # body; an app that gave none for HEAD does not know it, so none is claimed.
-        known: bytes | None = body if body or not self.head_only else None
+        known = len(body) if (body or not self.head_only) and not self.trailers else None
         if self.head_only or _no_body_status(self.status):
             body = b""  # the head says what the body would be; none goes out
         wire = self.wire
         if self.state == RESPONSE_STARTED:
             self.state = RESPONSE_BODY
             if not more:
-                self.state = RESPONSE_DONE
-                wire.send_head(self.stream_id, self.status, self._final_headers(known), not body)
+                self.state = RESPONSE_DONE if end else RESPONSE_TRAILERS
+                wire.send_head(
+                    self.stream_id, self.status, self._final_headers(known), end and not body
+                )
                 if body:
                     self.body_bytes += len(body)
-                    await wire.send_body(self.stream_id, body, True)
+                    await wire.send_body(self.stream_id, body, end)
                 return
             wire.send_head(self.stream_id, self.status, self._final_headers(None), False)
         if not more:
-            self.state = RESPONSE_DONE
+            self.state = RESPONSE_DONE if end else RESPONSE_TRAILERS
+            if not end and not body:
+                return
         elif not body:
             return
         self.body_bytes += len(body)
-        await wire.send_body(self.stream_id, body, not more)
+        await wire.send_body(self.stream_id, body, end)
+
+    async def _pathsend(self, message: dict[str, Any]) -> None:
+        """asgiref Path Send: the whole body is the file at `path`, read in bounded
+        chunks in a worker thread and sent with the usual backpressure."""
+        path = message.get("path")
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise ValueError(f"http.response.pathsend: path must be an absolute str, got {path!r}")
+        if self.disconnected:
+            raise ClientDisconnected(f"stream {self.stream_id}: client disconnected")
+        loop = asyncio.get_running_loop()
+        fd, size = await loop.run_in_executor(None, _open_regular, path)
+        try:
+            wire = self.wire
+            end = not self.trailers
+            self.state = RESPONSE_BODY
+            headers = self._final_headers(None if self.trailers else size)
+            if self.head_only or _no_body_status(self.status) or size == 0:
+                self.state = RESPONSE_DONE if end else RESPONSE_TRAILERS
+                wire.send_head(self.stream_id, self.status, headers, end)
+                return
+            wire.send_head(self.stream_id, self.status, headers, False)
+            offset = 0
+            while offset < size:
+                data = await loop.run_in_executor(
+                    None, os.pread, fd, min(PATHSEND_CHUNK, size - offset), offset
+                )
+                if not data:
+                    raise RuntimeError(f"http.response.pathsend: {path} shrank while sent")
+                offset += len(data)
+                if offset >= size:
+                    self.state = RESPONSE_DONE if end else RESPONSE_TRAILERS
+                self.body_bytes += len(data)
+                await wire.send_body(self.stream_id, data, end and offset >= size)
+        finally:
+            os.close(fd)
 
     # --- the app task ----------------------------------------------------------------
 
@@ -294,14 +458,14 @@ class HTTPStream:
         """Answer 500 if nothing went out yet, else abort the stream."""
         if self.disconnected or self.state == RESPONSE_DONE:
             return
-        if self.state == RESPONSE_BODY:
+        if self.state == RESPONSE_BODY or self.state == RESPONSE_TRAILERS:
             self._abort()
             return
         self.status = 500
         self.state = RESPONSE_DONE
         body = b"Internal Server Error"
         self.response_headers = [(b"content-type", b"text/plain; charset=utf-8")]
-        headers = self._final_headers(body)
+        headers = self._final_headers(len(body))
         self.wire.send_head(self.stream_id, 500, headers, self.head_only)
         if not self.head_only:
             self.body_bytes = len(body)
@@ -318,3 +482,16 @@ class HTTPStream:
     def _log_access(self) -> None:
         status = self.status if self.state == RESPONSE_DONE else 0
         log_access(self.request, self.info, status, self.body_bytes, self.start_time)
+
+
+def _open_regular(path: str) -> tuple[int, int]:
+    """Open a regular file for reading: its descriptor and size."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IsADirectoryError(f"http.response.pathsend: {path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info.st_size

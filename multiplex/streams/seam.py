@@ -32,6 +32,12 @@ class Wire(Protocol):
         flow-control window and the transport's buffer: this is where backpressure lives.
         Raises ClientDisconnected if the stream or connection is gone."""
 
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        """Send trailer fields after the body and end the response (HTTP/2 and HTTP/3:
+        a trailing HEADERS frame with END_STREAM; HTTP/1.1: the last chunk's trailer
+        section, or just the end of the body when the response is not chunked).
+        Called after `send_body(end=False)`; the fields are already validated."""
+
     def consumed(self, stream_id: int, n: int) -> None:
         """The app has read `n` request body bytes: give that much credit back."""
 
@@ -84,7 +90,15 @@ class Stream(Protocol):
 class Request:
     """A request head, already validated by the wire protocol."""
 
-    __slots__ = ("expect_continue", "headers", "method", "raw_target", "websocket")
+    __slots__ = (
+        "early_hints",
+        "expect_continue",
+        "headers",
+        "method",
+        "raw_target",
+        "trailers",
+        "websocket",
+    )
 
     def __init__(
         self,
@@ -102,6 +116,10 @@ class Request:
         # extended CONNECT with `:protocol websocket`) and checked what is its own to
         # check (h1: the key); the stream does the rest.
         self.websocket = websocket
+        # What the client can take, as the wire protocol knows it: response trailers
+        # (HTTP/1.1 only with `TE: trailers`) and 1xx responses (never to HTTP/1.0).
+        self.trailers = True
+        self.early_hints = True
 
 
 class ConnectionInfo:

@@ -36,6 +36,7 @@ class Response:
         self.stream_id = stream_id
         self.headers: Headers = []
         self.informational: list[Headers] = []
+        self.trailers: Headers = []  # a HEADERS frame after the body, if any
         self.chunks: list[bytes] = []
         self.received = 0  # body bytes so far
         self.ended = False
@@ -163,6 +164,8 @@ class H3Client(QuicConnectionProtocol):
                 response.informational.append(event.headers)
             elif not response.headers:
                 response.headers = event.headers
+            else:
+                response.trailers = event.headers
         elif isinstance(event, DataReceived):
             if event.data:
                 response.chunks.append(event.data)
