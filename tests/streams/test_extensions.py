@@ -16,6 +16,7 @@ from typing import Any
 
 import h2.events
 import h11
+import httpx
 import pytest
 
 from tests.conftest import RunningServer
@@ -374,3 +375,40 @@ def test_pathsend_errors(
     assert "FileNotFoundError" in caplog.text
     assert "absolute" in caplog.text
     assert fetch(protocol, servers, dev_certs, "/").body == b"hello"
+
+
+@pytest.mark.parametrize("http2", [False, True])
+def test_tls_extension_over_tcp(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any, http2: bool
+) -> None:
+    running = run_server(app, **tls_config)
+    with httpx.Client(verify=str(dev_certs.ca_cert), http2=http2, http1=not http2) as client:
+        response = client.get(f"{running.url}/extensions")
+    assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+    body = response.json()
+    assert "http.response.pathsend" in body["names"]
+    assert "http.response.early_hint" in body["names"]
+    tls = body["tls"]
+    assert tls["tls_version"] in (0x0303, 0x0304)
+    assert tls["server_cert"].startswith("-----BEGIN CERTIFICATE-----")
+    assert tls["cipher_suite"] is not None
+
+
+@pytest.mark.parametrize("protocol", ["h1", "h2"])
+def test_pathsend_head(protocol: str, servers: tuple[int, int], tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"y" * 1000)
+    if protocol == "h1":
+        sock = socket.create_connection(("127.0.0.1", servers[0]), timeout=10)
+        with sock:
+            sock.sendall(f"HEAD /file?{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(0.3)
+            head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"content-length: 1000\r\n" in head
+        assert head.endswith(b"\r\n\r\n")
+    else:
+        with H2Client(servers[0]) as client:
+            response = client.get(f"/file?{path}", method="HEAD")
+        assert response.status == 200 and bytes(response.body) == b""
+        assert dict(response.headers)[b"content-length"] == b"1000"
