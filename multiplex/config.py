@@ -91,6 +91,11 @@ class Config:
         300.0, "An HTTP/2 connection with no open stream for this long gets a GOAWAY and is closed."
     )
     lifespan_timeout: float = _opt(60.0, "Longest lifespan startup or shutdown may take.")
+    h11_header_timeout: float = _opt(
+        10.0,
+        "HTTP/1.1: the request line and headers must arrive within this many seconds of"
+        " the request's first byte (slowloris); 408 and close beyond.",
+    )
 
     # --- buffers -------------------------------------------------------------------
     write_buffer_high: int = _opt(
@@ -125,6 +130,35 @@ class Config:
     )
     h2_max_header_list_size: int = _opt(
         64 * KiB, "HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: largest decoded header list we accept."
+    )
+    h2_max_header_block_size: int = _opt(
+        128 * KiB,
+        "HTTP/2: largest encoded header block (HEADERS plus its CONTINUATION frames);"
+        " GOAWAY ENHANCE_YOUR_CALM beyond (CVE-2024-27316).",
+    )
+    h2_max_continuation_frames: int = _opt(
+        32,
+        "HTTP/2: CONTINUATION frames one header block may span;"
+        " GOAWAY ENHANCE_YOUR_CALM beyond (CVE-2024-27316).",
+    )
+    h2_rate_window: float = _opt(
+        10.0, "HTTP/2: length in seconds of the window the `h2_max_*_per_window` limits count in."
+    )
+    h2_max_resets_per_window: int = _opt(
+        200,
+        "HTTP/2: stream resets per window, by the client (RST_STREAM, Rapid Reset"
+        " CVE-2023-44487) or provoked from the server by invalid frames (MadeYouReset"
+        " CVE-2025-8671); GOAWAY ENHANCE_YOUR_CALM beyond.",
+    )
+    h2_max_control_frames_per_window: int = _opt(
+        500,
+        "HTTP/2: PING and SETTINGS frames (which we must acknowledge) per window;"
+        " GOAWAY ENHANCE_YOUR_CALM beyond (CVE-2019-9512, CVE-2019-9515).",
+    )
+    h2_max_empty_frames_per_window: int = _opt(
+        500,
+        "HTTP/2: DATA frames without payload or END_STREAM per window;"
+        " GOAWAY ENHANCE_YOUR_CALM beyond (CVE-2019-9518).",
     )
 
     # --- HTTP/3 over QUIC -------------------------------------------------------------

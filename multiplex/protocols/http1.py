@@ -39,6 +39,7 @@ class H11Protocol(BaseConnection):
         self.response_done = False
         self.keep_alive = True
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._header_timer: asyncio.TimerHandle | None = None  # slowloris: h11_header_timeout
         self._h2c_pending: tuple[Request, bytes] | None = None
         self._ws_key = b""  # Sec-WebSocket-Key of the WebSocket handshake in progress
         self.upgraded = False  # after 101 to a WebSocket: the bytes are the stream's
@@ -62,6 +63,33 @@ class H11Protocol(BaseConnection):
         self._cancel_idle_timer()
         self.conn.receive_data(data)
         self._handle_events()
+        if self._header_timer is None and self.conn.their_state is h11.IDLE and not self.closed:
+            # Part of a request head: the rest must follow in time (slowloris).
+            self._header_timer = self.loop.call_later(
+                self.config.h11_header_timeout, self._header_timeout
+            )
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.closed or self.upgraded or self.conn.their_state is not h11.IDLE:
+            return
+        logger.info(
+            "HTTP/1.1 connection from %s: request head not complete within"
+            " h11_header_timeout = %s s; 408 and close",
+            self.info.client,
+            self.config.h11_header_timeout,
+        )
+        if self.stream is None and self.conn.our_state is h11.IDLE:
+            # Written by hand: h11 sends no response to a request it has not seen.
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+        self.close()
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
 
     def _feed_upgraded(self, data: bytes) -> None:
         stream = self.stream
@@ -125,6 +153,7 @@ class H11Protocol(BaseConnection):
                 return
 
     def _on_request(self, event: h11.Request) -> None:
+        self._cancel_header_timer()
         if event.http_version not in (b"1.1", b"1.0"):
             # h11 parses any HTTP/x.y request line; `PRI * HTTP/2.0` here is a broken
             # HTTP/2 preface, not a request to hand to the app (RFC 9112 section 2.3).
@@ -410,6 +439,7 @@ class H11Protocol(BaseConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._cancel_idle_timer()
+        self._cancel_header_timer()
         if self.stream is not None:
             self.stream.feed_disconnect()
 

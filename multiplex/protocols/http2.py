@@ -17,11 +17,12 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame
 
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.base import BaseConnection
 from multiplex.protocols.fields import request_from_fields
+from multiplex.protocols.limits import RateWindow
 from multiplex.streams import open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Stream
 
@@ -36,12 +37,28 @@ FLUSH_THRESHOLD = 64 * 1024
 
 _STATUS = {code: str(code).encode() for code in range(100, 600)}
 
+_PREFACE_LENGTH = 24
+_HEADERS, _RST_STREAM, _CONTINUATION, _END_HEADERS = 0x1, 0x3, 0x9, 0x4
+
+
+class _Connection(h2.connection.H2Connection):
+    """h2, counting the RST_STREAM frames it queues (those it sends on its own, while
+    receiving, are resets the peer provoked: MadeYouReset)."""
+
+    resets_sent = 0
+
+    def _prepare_for_sending(self, frames: list[Frame]) -> None:
+        for frame in frames:
+            if frame.type == _RST_STREAM:
+                self.resets_sent += 1
+        super()._prepare_for_sending(frames)
+
 
 class H2Protocol(BaseConnection):
     def __init__(self, server: ServerState, info: ConnectionInfo) -> None:
         super().__init__(server, info)
         config = self.config
-        self.h2 = h2.connection.H2Connection(
+        self.h2 = _Connection(
             h2.config.H2Configuration(
                 client_side=False,
                 header_encoding=None,
@@ -75,7 +92,18 @@ class H2Protocol(BaseConnection):
         self._goaway_last_id: int | None = None  # set once we sent a graceful GOAWAY
         self._peer_goaway = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        # Abuse limits (issue 6): rates per window, and the frame scan that bounds header
+        # blocks before h2 buffers them.
+        window = config.h2_rate_window
+        self._resets = RateWindow(config.h2_max_resets_per_window, window)
+        self._control = RateWindow(config.h2_max_control_frames_per_window, window)
+        self._empty = RateWindow(config.h2_max_empty_frames_per_window, window)
+        self._scan_skip = _PREFACE_LENGTH  # bytes until the next frame header
+        self._scan_partial = b""  # a frame header split across reads
+        self._block_frames = -1  # CONTINUATIONs of the open header block; -1: none open
+        self._block_size = 0
         self._handlers: dict[type[Any], Any] = {
+            h2.events.PingReceived: self._on_control,
             h2.events.RequestReceived: self._on_request,
             h2.events.DataReceived: self._on_data,
             h2.events.StreamEnded: self._on_stream_ended,
@@ -108,6 +136,18 @@ class H2Protocol(BaseConnection):
         if rest:
             self.data_received(rest)
 
+    def pause_writing(self) -> None:
+        # A peer that does not read must not make us queue ACKs, RST_STREAMs and
+        # WINDOW_UPDATEs without bound (CVE-2019-9512/9517): stop reading it meanwhile.
+        super().pause_writing()
+        if not self.closed:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.closed:
+            self.transport.resume_reading()
+
     def _open_connection_window(self) -> None:
         extra = self.config.h2_connection_window_size - 65535
         if extra > 0:
@@ -116,20 +156,95 @@ class H2Protocol(BaseConnection):
     # --- input -------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._scan_skip >= len(data):
+            self._scan_skip -= len(data)  # inside one frame's payload: nothing to look at
+        elif not self._scan_frames(data):
+            return
+        h2conn = self.h2
+        resets_before = h2conn.resets_sent
         try:
-            events = self.h2.receive_data(data)
+            events = h2conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued the GOAWAY with the right code; send it and hang up.
             logger.info("HTTP/2 protocol error from %s: %s", self._peer(), exc)
             self._flush()
             self.close()
             return
+        provoked = h2conn.resets_sent - resets_before
+        if provoked and self._reset_counted(provoked):
+            return
         handlers = self._handlers
         for event in events:
             handler = handlers.get(type(event))
             if handler is not None:
                 handler(event)
+                if self.closed:
+                    return
         self._flush()
+
+    def _scan_frames(self, data: bytes) -> bool:
+        """Walk the frame headers in `data` and bound header blocks (CONTINUATION flood,
+        CVE-2024-27316) before h2 buffers them. False once the connection is closed."""
+        pos = self._scan_skip
+        if self._scan_partial:
+            data = self._scan_partial + data  # pos is 0: a header was cut short
+            self._scan_partial = b""
+        end = len(data)
+        while pos + 9 <= end:
+            length = int.from_bytes(data[pos : pos + 3], "big")
+            kind = data[pos + 3]
+            if kind == _HEADERS or (kind == _CONTINUATION and self._block_frames >= 0):
+                if kind == _HEADERS:
+                    self._block_frames, self._block_size = 0, length
+                else:
+                    self._block_frames += 1
+                    self._block_size += length
+                if self._block_frames > self.config.h2_max_continuation_frames:
+                    self._calm("h2_max_continuation_frames", self._block_frames)
+                    return False
+                if self._block_size > self.config.h2_max_header_block_size:
+                    self._calm("h2_max_header_block_size", self._block_size)
+                    return False
+                if data[pos + 4] & _END_HEADERS:
+                    self._block_frames = -1
+            pos += 9 + length
+        if pos >= end:
+            self._scan_skip = pos - end
+        else:
+            self._scan_skip = 0
+            self._scan_partial = data[pos:]
+        return True
+
+    def _reset_counted(self, n: int = 1) -> bool:
+        """Count stream resets (the client's or provoked by it); True if that closed us."""
+        if self._resets.hit(self.loop.time(), n):
+            self._calm("h2_max_resets_per_window", self._resets.count)
+            return True
+        return False
+
+    def _calm(self, limit: str, value: int) -> None:
+        """The peer went past an abuse limit: GOAWAY ENHANCE_YOUR_CALM and hang up."""
+        logger.warning(
+            "HTTP/2 connection from %s went over %s = %s (reached %s): GOAWAY ENHANCE_YOUR_CALM",
+            self._peer(),
+            limit,
+            getattr(self.config, limit),
+            value,
+        )
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.h2.highest_inbound_stream_id
+        frame.error_code = ErrorCodes.ENHANCE_YOUR_CALM
+        self._flush()
+        if not self.closed:
+            self.transport.write(frame.serialize())
+        self.close()
+
+    def _on_control(self, event: h2.events.Event) -> None:
+        # PING and SETTINGS each make h2 queue an ACK (CVE-2019-9512, CVE-2019-9515).
+        if self._control.hit(self.loop.time()):
+            self._calm("h2_max_control_frames_per_window", self._control.count)
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
@@ -144,6 +259,8 @@ class H2Protocol(BaseConnection):
 
     def _refuse(self, stream_id: int, status: int) -> None:
         """A complete response that never reaches the app."""
+        if self._reset_counted():  # a reset the client provoked (MadeYouReset)
+            return
         logger.info("HTTP/2 stream %s from %s refused: %s", stream_id, self._peer(), status)
         try:
             self.h2.send_headers(
@@ -168,6 +285,9 @@ class H2Protocol(BaseConnection):
     def _on_data(self, event: h2.events.DataReceived) -> None:
         stream = self.streams.get(event.stream_id)
         data = event.data
+        if not data and event.stream_ended is None and self._empty.hit(self.loop.time()):
+            self._calm("h2_max_empty_frames_per_window", self._empty.count)  # CVE-2019-9518
+            return
         if stream is None:
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             return
@@ -187,6 +307,8 @@ class H2Protocol(BaseConnection):
         pass
 
     def _on_stream_reset(self, event: h2.events.StreamReset) -> None:
+        if event.remote_reset and self._reset_counted():
+            return  # Rapid Reset (CVE-2023-44487): connection_lost disconnects the streams
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.feed_disconnect()
@@ -199,6 +321,9 @@ class H2Protocol(BaseConnection):
             self._wake_window(event.stream_id)
 
     def _on_settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
+        self._on_control(event)
+        if self.closed:
+            return
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
             self._wake_all_windows()
 

@@ -1,0 +1,92 @@
+"""HTTP/1.1 abuse classes (issue 6) over raw sockets: the abusive connection is closed
+with the right status, and a well-behaved client is served meanwhile. Nothing here
+asserts on timing."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+import pytest
+
+from tests.apps import hello
+from tests.conftest import RunningServer
+
+pytestmark = pytest.mark.timeout(60)
+
+Serve = Callable[..., RunningServer]
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def get(running: RunningServer) -> bytes:
+    with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        return read_all(sock)
+
+
+def test_slowloris_headers_get_408_and_close(
+    run_server: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that sends its request head a few bytes at a time, never finishing it,
+    is answered 408 and closed after `h11_header_timeout`, while others are served."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = run_server(hello, h11_header_timeout=0.5, keep_alive_timeout=30.0)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as slow:
+        slow.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        head = b"x-slow: " + b"a" * 10000
+        received = b""
+        for i in range(0, len(head), 10):
+            try:
+                slow.sendall(head[i : i + 10])
+            except OSError:
+                break
+            assert get(running).startswith(b"HTTP/1.1 200 ")  # served meanwhile
+            slow.settimeout(0.05)
+            try:
+                chunk = slow.recv(65536)
+            except TimeoutError:
+                continue
+            finally:
+                slow.settimeout(10)
+            received += chunk
+            if not chunk or b"\r\n\r\n" in received:
+                break
+        received += read_all(slow)
+    assert received.startswith(b"HTTP/1.1 408 "), received
+    lines = [r.getMessage() for r in caplog.records if "h11_header_timeout" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1" in lines[0], lines
+
+
+def test_complete_head_is_not_timed_out(run_server: Serve) -> None:
+    """The header timeout ends with the head: a request whose app answers later is served."""
+    running = run_server(hello, h11_header_timeout=0.2)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
+        sock.sendall(b"\r\n")
+        data = b""
+        while b"hello" not in data.lower() and b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200 "), data
+
+
+def test_idle_keep_alive_is_not_408(run_server: Serve) -> None:
+    """No bytes of a next request: the keep-alive timeout closes quietly, no 408."""
+    running = run_server(hello, h11_header_timeout=0.2, keep_alive_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        data = read_all(sock)
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert b"408" not in data

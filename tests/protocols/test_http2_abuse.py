@@ -1,0 +1,259 @@
+"""HTTP/2 abuse classes (issue 6), each performed with raw frames over a real socket.
+
+Every test asserts the code the abusive connection gets (GOAWAY ENHANCE_YOUR_CALM) and
+that a well-behaved connection to the same server is served meanwhile. Limits are made
+small through config overrides; nothing here asserts on timing.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from multiplex.protocols.http2 import H2Protocol
+from tests.conftest import RunningServer
+from tests.protocols.h2raw import (
+    ACK,
+    CANCEL,
+    CONTINUATION,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    ENHANCE_YOUR_CALM,
+    HEADERS,
+    PING,
+    PREFACE,
+    RST_STREAM,
+    SETTINGS,
+    STREAM_CLOSED,
+    RawH2,
+    raw_frame,
+    request_headers,
+    settings_payload,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+Serve = Callable[..., RunningServer]
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """`/wait` reads its request and then waits for the disconnect; anything else is
+    answered `ok` at once."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/wait":
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture
+def serve(run_server: Serve) -> Serve:
+    def start(**overrides: Any) -> RunningServer:
+        overrides.setdefault("h2c", True)
+        overrides.setdefault("graceful_timeout", 2.0)
+        return run_server(app, **overrides)
+
+    return start
+
+
+def assert_served(running: RunningServer) -> None:
+    """A well-behaved client on a new connection gets its response."""
+    with RawH2(running.port) as good:
+        good.handshake()
+        good.send_headers(1, request_headers("/"))
+        response = good.read_response(1)
+    assert (response.status, response.body) == (200, b"ok")
+
+
+def assert_calmed(
+    conn: RawH2, caplog: pytest.LogCaptureFixture, limit: str, running: RunningServer
+) -> None:
+    outcome = conn.read_until_error()
+    assert (outcome.kind, outcome.error_code) == ("goaway", ENHANCE_YOUR_CALM), outcome
+    assert conn.read_until_closed() == [] or conn.eof
+    assert_served(running)
+    lines = [r for r in caplog.records if r.name == "multiplex" and limit in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "127.0.0.1:" in lines[0].getMessage()
+
+
+def test_rapid_reset_is_enhance_your_calm(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """CVE-2023-44487: streams opened and reset at once by the client."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_resets_per_window=10)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        out = b""
+        for stream_id in range(1, 2 * 50, 2):
+            out += raw_frame(
+                HEADERS, END_STREAM | END_HEADERS, stream_id, conn.encode(request_headers("/wait"))
+            )
+            out += raw_frame(RST_STREAM, 0, stream_id, struct.pack(">L", CANCEL))
+        conn.send(out)
+        assert_calmed(conn, caplog, "h2_max_resets_per_window", running)
+
+
+def test_resets_under_the_limit_are_served(serve: Serve) -> None:
+    running = serve(h2_max_resets_per_window=10)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        for stream_id in range(1, 2 * 5, 2):
+            conn.send_headers(stream_id, request_headers("/wait"))
+            conn.send_frame(RST_STREAM, 0, stream_id, struct.pack(">L", CANCEL))
+        conn.send_headers(11, request_headers("/"))
+        assert conn.read_response(11).status == 200
+
+
+def test_made_you_reset_is_enhance_your_calm(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CVE-2025-8671: the client makes the server reset streams (DATA on a stream it
+    half-closed gets RST_STREAM STREAM_CLOSED); those resets count too."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_resets_per_window=10)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        resets = 0
+        outcome = None
+        for stream_id in range(1, 2 * 50, 2):
+            try:
+                conn.send_headers(stream_id, request_headers("/wait"))  # half-closed (remote)
+                conn.send_data(stream_id, b"late")
+            except OSError:
+                pass  # closed by now: the GOAWAY is waiting to be read
+            outcome = conn.read_until_error(stream_id)
+            if outcome.kind != "rst_stream":
+                break
+            assert outcome.error_code == STREAM_CLOSED
+            resets += 1
+        assert outcome is not None
+        assert (outcome.kind, outcome.error_code) == ("goaway", ENHANCE_YOUR_CALM), outcome
+        assert resets <= 11  # the one that went over may be flushed before the GOAWAY
+    assert_served(running)
+    assert any("h2_max_resets_per_window" in r.getMessage() for r in caplog.records)
+
+
+def test_continuation_flood_is_enhance_your_calm(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CVE-2024-27316: a header block that never ends, in many CONTINUATION frames."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_continuation_frames=8)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        block = conn.encode(request_headers("/", extra=[(b"x-filler", b"a" * 200)]))
+        out = raw_frame(HEADERS, END_STREAM, 1, block[:10])
+        out += b"".join(raw_frame(CONTINUATION, 0, 1, b"") for _ in range(100))
+        conn.send(out)
+        assert_calmed(conn, caplog, "h2_max_continuation_frames", running)
+
+
+def test_header_block_size_is_enhance_your_calm(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_header_block_size=4096)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        block = conn.encode(request_headers("/", extra=[(b"x-filler", b"a" * 8000)]))
+        out = raw_frame(HEADERS, END_STREAM, 1, block[:2000])
+        out += raw_frame(CONTINUATION, 0, 1, block[2000:4000])
+        out += raw_frame(CONTINUATION, END_HEADERS, 1, block[4000:])
+        conn.send(out)
+        assert_calmed(conn, caplog, "h2_max_header_block_size", running)
+
+
+def test_header_block_in_continuations_under_the_limits_is_served(serve: Serve) -> None:
+    running = serve(h2_max_continuation_frames=8, h2_max_header_block_size=4096)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        block = conn.encode(request_headers("/", extra=[(b"x-filler", b"a" * 1000)]))
+        parts = [block[i : i + 200] for i in range(0, len(block), 200)]
+        assert 2 < len(parts) <= 9
+        out = raw_frame(HEADERS, END_STREAM, 1, parts[0])
+        for i, part in enumerate(parts[1:], 2):
+            out += raw_frame(CONTINUATION, END_HEADERS if i == len(parts) else 0, 1, part)
+        # Split mid-header, to exercise the frame scan across reads.
+        conn.send(out[:5])
+        conn.send(out[5:])
+        response = conn.read_response(1)
+    assert (response.status, response.body) == (200, b"ok")
+
+
+@pytest.mark.parametrize("kind", ["PING", "SETTINGS"])
+def test_control_frame_flood_is_enhance_your_calm(
+    serve: Serve, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """CVE-2019-9512 (ping flood) and CVE-2019-9515 (settings flood)."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_control_frames_per_window=20)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        if kind == "PING":
+            frame = raw_frame(PING, 0, 0, b"12345678")
+        else:
+            frame = raw_frame(SETTINGS, 0, 0, settings_payload({0x4: 65535}))
+        conn.send(frame * 100)
+        assert_calmed(conn, caplog, "h2_max_control_frames_per_window", running)
+
+
+def test_empty_data_frame_flood_is_enhance_your_calm(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CVE-2019-9518: DATA frames without payload nor END_STREAM."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_empty_frames_per_window=20)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        conn.send_headers(1, request_headers("/wait", method="POST"), end_stream=False)
+        conn.send(raw_frame(DATA, 0, 1, b"") * 100)
+        assert_calmed(conn, caplog, "h2_max_empty_frames_per_window", running)
+
+
+def _buffered(running: RunningServer) -> int:
+    assert running.server.state is not None
+    state = running.server.state
+    return running.call(
+        lambda: max(
+            (
+                c.transport.get_write_buffer_size()
+                for c in state.connections
+                if isinstance(c, H2Protocol)
+            ),
+            default=0,
+        )
+    )
+
+
+def test_peer_that_does_not_read_is_not_read_either(serve: Serve) -> None:
+    """CVE-2019-9512/9517 (internal data buffering): a peer sends PINGs and never reads
+    the ACKs. Once our write buffer is over its high-water mark we stop reading it, so
+    what we queue for it stays bounded."""
+    running = serve(h2_max_control_frames_per_window=10**9)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", running.port))
+    sock.settimeout(2.0)
+    try:
+        sock.sendall(PREFACE + raw_frame(SETTINGS, 0, 0) + raw_frame(SETTINGS, ACK, 0))
+        chunk = raw_frame(PING, 0, 0, b"12345678") * 4096
+        sent = 0
+        try:
+            while sent < 16 * 1024 * 1024:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except TimeoutError:
+            pass  # the server stopped reading us: what we expect
+        assert _buffered(running) < 1024 * 1024
+        assert_served(running)
+    finally:
+        sock.close()
