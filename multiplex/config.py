@@ -91,6 +91,12 @@ class Config:
         300.0, "An HTTP/2 connection with no open stream for this long gets a GOAWAY and is closed."
     )
     lifespan_timeout: float = _opt(60.0, "Longest lifespan startup or shutdown may take.")
+    send_stall_timeout: float = _opt(
+        60.0,
+        "A response that has waited this long for the peer to read is dropped: an HTTP/2"
+        " stream whose flow-control window stays at zero gets RST_STREAM CANCEL, a"
+        " connection whose transport buffer stays above `write_buffer_high` is closed.",
+    )
     h11_header_timeout: float = _opt(
         10.0,
         "HTTP/1.1: the request line and headers must arrive within this many seconds of"

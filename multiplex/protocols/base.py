@@ -25,6 +25,7 @@ class BaseConnection(asyncio.Protocol):
         self.closed = False
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._stall_timer: asyncio.TimerHandle | None = None
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -36,10 +37,31 @@ class BaseConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(
+                self.config.send_stall_timeout, self._send_stalled
+            )
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         self._wake_drain()
+
+    def _send_stalled(self) -> None:
+        """The peer has not read enough of what we queued for `send_stall_timeout`."""
+        self._stall_timer = None
+        if self.closed or not self.write_paused:
+            return
+        logger.warning(
+            "Connection from %s read too little for send_stall_timeout = %s s"
+            " (%d bytes queued): closing",
+            self.info.client,
+            self.config.send_stall_timeout,
+            self.transport.get_write_buffer_size(),
+        )
+        self.abort()
 
     def _wake_drain(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -61,6 +83,9 @@ class BaseConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         self._wake_drain()
 
     def close(self) -> None:

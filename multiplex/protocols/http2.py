@@ -411,11 +411,36 @@ class H2Protocol(BaseConnection):
     async def _wait_window(self, stream_id: int) -> None:
         waiter = self.loop.create_future()
         self._window_waiters[stream_id] = waiter
+        timer = self.loop.call_later(
+            self.config.send_stall_timeout, self._window_stalled, stream_id, waiter
+        )
         try:
             await waiter
         finally:
+            timer.cancel()
             if self._window_waiters.get(stream_id) is waiter:
                 del self._window_waiters[stream_id]
+
+    def _window_stalled(self, stream_id: int, waiter: asyncio.Future[None]) -> None:
+        """The peer kept the window shut for `send_stall_timeout`: drop the stream."""
+        if waiter.done() or self.closed:
+            return
+        logger.info(
+            "HTTP/2 stream %s from %s: no flow-control window for send_stall_timeout = %s s;"
+            " RST_STREAM CANCEL",
+            stream_id,
+            self._peer(),
+            self.config.send_stall_timeout,
+        )
+        try:
+            self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+        except h2.exceptions.StreamClosedError:
+            pass
+        self._schedule_flush()
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.feed_disconnect()
+        waiter.set_exception(ClientDisconnected(f"stream {stream_id}: send stalled"))
 
     def _wake_window(self, stream_id: int) -> None:
         waiter = self._window_waiters.pop(stream_id, None)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -90,3 +92,41 @@ def test_idle_keep_alive_is_not_408(run_server: Serve) -> None:
         data = read_all(sock)
     assert data.startswith(b"HTTP/1.1 200 ")
     assert b"408" not in data
+
+
+async def big_body(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    chunk = b"x" * 65536
+    for _ in range(256):  # 16 MiB
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def stalled(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "send_stall_timeout" in r.getMessage()]
+
+
+def test_peer_that_does_not_read_is_closed_after_send_stall_timeout(
+    run_server: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "multiplex")
+    running = run_server(big_body, send_stall_timeout=0.3)
+    state = running.server.state
+    assert state is not None
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", running.port))
+    sock.settimeout(10)
+    with sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        deadline = time.monotonic() + 20
+        while not stalled(caplog) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the server gives up on us (bounded wait, not asserted)
+        assert running.call(lambda: len(state.connections)) == 0
+        received = read_all(sock)
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert len(received) < 16 * 1024 * 1024
+    lines = stalled(caplog)
+    assert len(lines) == 1 and "127.0.0.1" in lines[0], lines

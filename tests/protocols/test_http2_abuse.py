@@ -26,6 +26,7 @@ from tests.protocols.h2raw import (
     END_STREAM,
     ENHANCE_YOUR_CALM,
     HEADERS,
+    INITIAL_WINDOW_SIZE,
     PING,
     PREFACE,
     RST_STREAM,
@@ -222,14 +223,16 @@ def test_empty_data_frame_flood_is_enhance_your_calm(
 def _buffered(running: RunningServer) -> int:
     assert running.server.state is not None
     state = running.server.state
-    return running.call(
-        lambda: max(
-            (
-                c.transport.get_write_buffer_size()
-                for c in state.connections
-                if isinstance(c, H2Protocol)
-            ),
-            default=0,
+    return int(
+        running.call(
+            lambda: max(
+                (
+                    c.transport.get_write_buffer_size()
+                    for c in state.connections
+                    if isinstance(c, H2Protocol)
+                ),
+                default=0,
+            )
         )
     )
 
@@ -257,3 +260,22 @@ def test_peer_that_does_not_read_is_not_read_either(serve: Serve) -> None:
         assert_served(running)
     finally:
         sock.close()
+
+
+def test_zero_window_stall_resets_the_stream(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer that opens a stream with a zero window and never opens it: after
+    `send_stall_timeout` the stream gets RST_STREAM CANCEL, the connection lives on."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(send_stall_timeout=0.3)
+    with RawH2(running.port) as conn:
+        conn.handshake({INITIAL_WINDOW_SIZE: 0})
+        conn.send_headers(1, request_headers("/"))
+        assert_served(running)
+        outcome = conn.read_until_error(1)
+        assert (outcome.kind, outcome.error_code, outcome.stream_id) == ("rst_stream", CANCEL, 1)
+        conn.ping()
+        conn.read_ping_ack()  # the connection itself is still served
+    lines = [r.getMessage() for r in caplog.records if "send_stall_timeout" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1:" in lines[0], lines
