@@ -1,0 +1,86 @@
+"""A FastAPI app: a JSON endpoint with a pydantic body and a dependency, a WebSocket echo,
+and a lifespan that records startup and shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, WebSocket
+from fastapi.websockets import WebSocketDisconnect
+from pydantic import BaseModel
+
+TOKEN = "secret-token"
+
+
+class Item(BaseModel):
+    name: str
+    price: float
+    quantity: int = 1
+
+
+class Priced(BaseModel):
+    name: str
+    total: float
+    user: str
+    http_version: str
+
+
+def current_user(x_token: Annotated[str, Header()]) -> str:
+    """The dependency: the caller, from the x-token header (401 when wrong)."""
+    if x_token != TOKEN:
+        raise HTTPException(status_code=401, detail="bad token")
+    return "alice"
+
+
+def create_app() -> FastAPI:
+    """A fresh app per test; `app.state.events` records the lifespan events."""
+    events: list[str] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.events = events
+
+    @app.post("/items")
+    async def price(
+        item: Item, request: Request, user: Annotated[str, Depends(current_user)]
+    ) -> Priced:
+        return Priced(
+            name=item.name,
+            total=item.price * item.quantity,
+            user=user,
+            http_version=request.scope["http_version"],
+        )
+
+    @app.get("/started")
+    async def started() -> dict[str, bool]:
+        return {"started": "startup" in events}
+
+    @app.websocket("/ws/echo")
+    async def echo(websocket: WebSocket) -> None:
+        """Echoes text and bytes; accepts "chat" when offered; "close" closes with 4001."""
+        offered = websocket.scope.get("subprotocols", [])
+        await websocket.accept(subprotocol="chat" if "chat" in offered else None)
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect(message.get("code", 1000))
+                text = message.get("text")
+                if text == "close":
+                    await websocket.close(code=4001, reason="bye")
+                    return
+                if text is not None:
+                    await websocket.send_text(text)
+                else:
+                    await websocket.send_bytes(message["bytes"])
+        except WebSocketDisconnect:
+            return
+
+    return app
