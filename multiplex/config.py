@@ -91,6 +91,11 @@ class Config:
         300.0, "An HTTP/2 connection with no open stream for this long gets a GOAWAY and is closed."
     )
     lifespan_timeout: float = _opt(60.0, "Longest lifespan startup or shutdown may take.")
+    body_timeout: float = _opt(
+        60.0,
+        "HTTP/1.1: a request body that stops arriving for this long while the server reads"
+        " it closes the connection (the app sees `http.disconnect`).",
+    )
     send_stall_timeout: float = _opt(
         60.0,
         "A response that has waited this long for the peer to read is dropped: an HTTP/2"

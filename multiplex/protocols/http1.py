@@ -40,6 +40,8 @@ class H11Protocol(BaseConnection):
         self.keep_alive = True
         self._idle_timer: asyncio.TimerHandle | None = None
         self._header_timer: asyncio.TimerHandle | None = None  # slowloris: h11_header_timeout
+        self._body_timer: asyncio.TimerHandle | None = None  # body_timeout
+        self._body_seen = 0.0  # when request body bytes last arrived
         self._h2c_pending: tuple[Request, bytes] | None = None
         self._ws_key = b""  # Sec-WebSocket-Key of the WebSocket handshake in progress
         self.upgraded = False  # after 101 to a WebSocket: the bytes are the stream's
@@ -61,6 +63,8 @@ class H11Protocol(BaseConnection):
             self._feed_upgraded(data)
             return
         self._cancel_idle_timer()
+        if self._body_timer is not None:
+            self._body_seen = self.loop.time()
         self.conn.receive_data(data)
         self._handle_events()
         if self._header_timer is None and self.conn.their_state is h11.IDLE and not self.closed:
@@ -68,6 +72,10 @@ class H11Protocol(BaseConnection):
             self._header_timer = self.loop.call_later(
                 self.config.h11_header_timeout, self._header_timeout
             )
+        elif self._body_timer is None and self.conn.their_state is h11.SEND_BODY:
+            # Part of a request body: the rest must not stall (body_timeout).
+            self._body_seen = self.loop.time()
+            self._body_timer = self.loop.call_later(self.config.body_timeout, self._body_check)
 
     def _header_timeout(self) -> None:
         self._header_timer = None
@@ -84,6 +92,28 @@ class H11Protocol(BaseConnection):
             self.transport.write(
                 b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             )
+        self.close()
+
+    def _body_check(self) -> None:
+        """Body read inactivity: the client stopped sending a body we are reading."""
+        self._body_timer = None
+        if self.closed or self.upgraded or self.conn.their_state is not h11.SEND_BODY:
+            return
+        timeout = self.config.body_timeout
+        now = self.loop.time()
+        if self.read_paused or self.conn.they_are_waiting_for_100_continue:
+            self._body_seen = now  # the app is not reading yet: not the client's fault
+        idle = now - self._body_seen
+        if idle < timeout:
+            self._body_timer = self.loop.call_later(timeout - idle, self._body_check)
+            return
+        logger.info(
+            "HTTP/1.1 connection from %s: request body stalled for body_timeout = %s s; closing",
+            self.info.client,
+            timeout,
+        )
+        if self.stream is not None:
+            self.stream.feed_disconnect()
         self.close()
 
     def _cancel_header_timer(self) -> None:
@@ -440,6 +470,9 @@ class H11Protocol(BaseConnection):
         super().connection_lost(exc)
         self._cancel_idle_timer()
         self._cancel_header_timer()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
         if self.stream is not None:
             self.stream.feed_disconnect()
 

@@ -130,3 +130,39 @@ def test_peer_that_does_not_read_is_closed_after_send_stall_timeout(
     assert len(received) < 16 * 1024 * 1024
     lines = stalled(caplog)
     assert len(lines) == 1 and "127.0.0.1" in lines[0], lines
+
+
+async def read_then_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_stalled_request_body_is_closed_after_body_timeout(
+    run_server: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "multiplex")
+    running = run_server(read_then_answer, body_timeout=0.3)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789")
+        assert get(running).startswith(b"HTTP/1.1 200 ")  # served meanwhile
+        assert read_all(sock) == b""  # closed, nothing answered
+    lines = [r.getMessage() for r in caplog.records if "body_timeout" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1" in lines[0], lines
+
+
+def test_complete_body_is_served_with_body_timeout(run_server: Serve) -> None:
+    running = run_server(read_then_answer, body_timeout=0.3)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\nconnection: close\r\n\r\n"
+        )
+        sock.sendall(b"0123456789")
+        assert read_all(sock).startswith(b"HTTP/1.1 200 ")
