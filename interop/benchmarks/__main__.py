@@ -10,6 +10,7 @@ each peer's ratio to multiplex, beside a PNG chart and the raw samples (JSON).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, help="Markdown file (default results/latest.md, smoke.md)"
     )
     args = parser.parse_args(argv)
+    # A shell starts a background job with SIGINT ignored, and an ignored signal stays
+    # ignored across exec: the servers would then not stop on SIGINT. Catch it here, so
+    # that they start with the default disposition (and Ctrl-C stops this run).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rounds = 1 if args.smoke else max(1, args.rounds)
     output: Path = args.output or RESULTS / ("smoke.md" if args.smoke else "latest.md")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,29 @@ def tool_version(package: str) -> str:
     return match.group(1) if out.returncode == 0 and match else "?"
 
 
+def multiplex_commit() -> str:
+    """The commit of the multiplex measured, marked when its tree has local changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "multiplex"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return f"{head} + local changes" if dirty else head
+
+
 def machine(servers: list[ServerSpec]) -> dict[str, str]:
     now = datetime.datetime.now(datetime.timezone.utc)
     return {
@@ -76,6 +99,7 @@ def machine(servers: list[ServerSpec]) -> dict[str, str]:
         "python": platform.python_version(),
         "system": f"{platform.system()} {platform.release()}",
         "servers": ", ".join(f"{spec.name} {spec.version()}" for spec in servers),
+        "commit": multiplex_commit(),
         "tools": (
             f"wrk {tool_version('wrk')}, h2load (nghttp2-client {tool_version('nghttp2-client')}), "
             f"gtlsclient (ngtcp2-client {tool_version('ngtcp2-client')})"
@@ -117,7 +141,7 @@ def markdown(
         f"- Date: {info['date']}",
         f"- Machine: {info['cpu']}, {info['cores']} cores, {info['system']}, "
         f"Python {info['python']}",
-        f"- Servers: {info['servers']}",
+        f"- Servers: {info['servers']} (multiplex at commit {info['commit']})",
         f"- Load generators: {info['tools']}, interop.h3load (aioquic), "
         "interop.benchmarks.ws_client (websockets)",
         f"- Method: each server on core 0, the load generator on core 1, loopback; "

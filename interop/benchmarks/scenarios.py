@@ -51,6 +51,10 @@ class LoadError(RuntimeError):
     pass
 
 
+class LoadTimeout(LoadError):
+    """The load generator did not finish: the server stopped answering."""
+
+
 def _run(cmd: list[str], timeout: float) -> str:
     try:
         result = subprocess.run(
@@ -62,7 +66,7 @@ def _run(cmd: list[str], timeout: float) -> str:
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise LoadError(f"{cmd[0]} timed out after {timeout:.0f}s") from exc
+        raise LoadTimeout(f"{cmd[0]} timed out after {timeout:.0f}s") from exc
     if result.returncode != 0:
         raise LoadError(
             f"{' '.join(cmd[:3])}... exited {result.returncode}: {result.stderr[-800:]}"
@@ -107,7 +111,7 @@ def h2load(
         cmd += ["-D", str(round(t.duration)), "--warm-up-time", "1"]
     if data is not None:
         cmd += ["-d", str(data)]
-    out = _run([*cmd, url], timeout=t.duration + 120)
+    out = _run([*cmd, url], timeout=t.duration + 60)
     done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
     failed = re.search(r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
     rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
@@ -145,15 +149,18 @@ def gtlsclient(port: int, requests: int) -> float:
     cmd = ["gtlsclient", "-q", "--exit-on-all-streams-close", "-n", str(requests)]
     cmd += ["--max-streams-bidi", "100", "127.0.0.1", str(port), f"https://localhost:{port}/"]
     started = time.monotonic()
-    _run(cmd, timeout=300)
+    _run(cmd, timeout=120)
     return requests / (time.monotonic() - started)
 
 
 def _retrying(run: Callable[[], float], tries: int = 3) -> float:
-    """The UDP endpoint opens a moment after the TCP one: retry a failed first contact."""
+    """The UDP endpoint opens a moment after the TCP one: retry a failed first contact
+    (not one that timed out: that server is not answering)."""
     for attempt in range(tries):
         try:
             return run()
+        except LoadTimeout:
+            raise
         except LoadError:
             if attempt == tries - 1:
                 raise
@@ -168,7 +175,7 @@ def _h3_one(t: Target) -> float:
 
 def h3load(port: int, ca_file: str, requests: int, connections: int, streams: int) -> float:
     cmd = [sys.executable, "-m", "interop.h3load", str(port), ca_file, "-n", str(requests)]
-    out = _run([*cmd, "-c", str(connections), "-m", str(streams)], timeout=300)
+    out = _run([*cmd, "-c", str(connections), "-m", str(streams)], timeout=120)
     rate = re.search(r"([\d.]+) req/s", out)
     if rate is None:
         raise LoadError(f"interop.h3load output not understood: {out}")
@@ -187,7 +194,7 @@ def _h3_many(t: Target) -> float:
 
 def ws_echo(port: int, connections: int, messages: int) -> float:
     cmd = [sys.executable, "-m", "interop.benchmarks.ws_client", f"ws://127.0.0.1:{port}/"]
-    out = _run([*cmd, "-c", str(connections), "-n", str(messages)], timeout=300)
+    out = _run([*cmd, "-c", str(connections), "-n", str(messages)], timeout=120)
     rate = re.search(r"([\d.]+) msg/s", out)
     if rate is None:
         raise LoadError(f"ws_client output not understood: {out}")
