@@ -370,8 +370,10 @@ class H2Protocol(BaseConnection):
                 out.append(header)
         try:
             self.h2.send_headers(stream_id, out, end_stream=end)
-        except h2.exceptions.StreamClosedError:
-            return  # reset by the peer meanwhile; the stream knows
+        except h2.exceptions.ProtocolError:
+            # Reset by the peer meanwhile, or the peer ended the connection (GOAWAY):
+            # the stream learns it as a disconnect.
+            return
         self._schedule_flush()
 
     async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
@@ -389,7 +391,7 @@ class H2Protocol(BaseConnection):
                         self._schedule_flush()
                     return
                 window = h2conn.local_flow_control_window(stream_id)
-            except h2.exceptions.StreamClosedError:
+            except h2.exceptions.ProtocolError:
                 raise ClientDisconnected(f"stream {stream_id} closed by the client") from None
             if window <= 0:
                 await self._wait_window(stream_id)
@@ -399,7 +401,10 @@ class H2Protocol(BaseConnection):
                 chunk, data = data, b""
             else:
                 chunk, data = data[:size], data[size:]
-            h2conn.send_data(stream_id, chunk, end_stream=end and not data)
+            try:
+                h2conn.send_data(stream_id, chunk, end_stream=end and not data)
+            except h2.exceptions.ProtocolError:
+                raise ClientDisconnected(f"stream {stream_id} closed by the client") from None
             self._unflushed += size
             if self._unflushed >= FLUSH_THRESHOLD:
                 self._flush()
@@ -486,7 +491,7 @@ class H2Protocol(BaseConnection):
             return
         try:
             self.h2.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             return
         self._wake_window(stream_id)
         self._schedule_flush()
