@@ -9,6 +9,21 @@ from collections.abc import Iterable
 
 from multiplex.streams.seam import Headers, Request
 
+# RFC 9113 section 8.2.2 and RFC 9114 section 4.2: never sent on HTTP/2 or HTTP/3.
+CONNECTION_SPECIFIC = frozenset(
+    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"]
+)
+STATUS = {code: str(code).encode() for code in range(100, 600)}
+
+
+def response_fields(status: int, headers: Headers) -> Headers:
+    """`:status` first, then the app's fields minus the connection-specific ones."""
+    out = [(b":status", STATUS[status])]
+    for header in headers:
+        if header[0] not in CONNECTION_SPECIFIC:
+            out.append(header)
+    return out
+
 
 def request_from_fields(fields: Iterable[tuple[bytes, bytes]]) -> Request | int:
     """The request, or the status to refuse it with before any app sees it: 405 for a

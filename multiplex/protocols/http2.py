@@ -21,21 +21,16 @@ from hyperframe.frame import Frame, GoAwayFrame
 
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.base import BaseConnection
-from multiplex.protocols.fields import request_from_fields
+from multiplex.protocols.fields import STATUS, request_from_fields, response_fields
 from multiplex.protocols.limits import RateWindow
 from multiplex.streams import open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Stream
 
 logger = logging.getLogger("multiplex")
 
-# RFC 9113 section 8.2.2: never forward these on HTTP/2.
-CONNECTION_SPECIFIC = frozenset(
-    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"]
-)
 # Flush at once rather than at the end of the loop turn past this many unflushed bytes.
 FLUSH_THRESHOLD = 64 * 1024
 
-_STATUS = {code: str(code).encode() for code in range(100, 600)}
 
 _PREFACE_LENGTH = 24
 _HEADERS, _RST_STREAM, _CONTINUATION, _END_HEADERS = 0x1, 0x3, 0x9, 0x4
@@ -265,7 +260,7 @@ class H2Protocol(BaseConnection):
         try:
             self.h2.send_headers(
                 stream_id,
-                [(b":status", _STATUS[status]), (b"content-length", b"0")],
+                [(b":status", STATUS[status]), (b"content-length", b"0")],
                 end_stream=True,
             )
             if not self.h2.streams[stream_id].closed:
@@ -356,7 +351,7 @@ class H2Protocol(BaseConnection):
 
     def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
         try:
-            self.h2.send_headers(stream_id, [(b":status", _STATUS[status]), *headers])
+            self.h2.send_headers(stream_id, [(b":status", STATUS[status]), *headers])
         except h2.exceptions.StreamClosedError:
             return
         self._schedule_flush()
@@ -364,10 +359,7 @@ class H2Protocol(BaseConnection):
     def send_head(self, stream_id: int, status: int, headers: Headers, end: bool) -> None:
         if self.closed:
             return
-        out = [(b":status", _STATUS[status])]
-        for header in headers:
-            if header[0] not in CONNECTION_SPECIFIC:
-                out.append(header)
+        out = response_fields(status, headers)
         try:
             self.h2.send_headers(stream_id, out, end_stream=end)
         except h2.exceptions.ProtocolError:
@@ -475,13 +467,10 @@ class H2Protocol(BaseConnection):
     def accept_websocket(self, stream_id: int, headers: Headers) -> int:
         if self.closed:
             raise ClientDisconnected("connection closed")
-        out = [(b":status", b"200")]
-        for header in headers:
-            if header[0] not in CONNECTION_SPECIFIC:
-                out.append(header)
+        out = response_fields(200, headers)
         try:
             self.h2.send_headers(stream_id, out)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             raise ClientDisconnected(f"stream {stream_id} closed by the client") from None
         self._schedule_flush()
         return 200

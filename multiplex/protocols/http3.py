@@ -19,7 +19,7 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.connection import NetworkAddress
 
 from multiplex.errors import ClientDisconnected
-from multiplex.protocols.fields import request_from_fields
+from multiplex.protocols.fields import STATUS, request_from_fields, response_fields
 from multiplex.streams import open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Stream
 
@@ -35,12 +35,8 @@ H3_REQUEST_REJECTED = 0x10B
 H3_REQUEST_CANCELLED = 0x10C
 H3_GOAWAY_FRAME = 0x7
 
-CONNECTION_SPECIFIC = frozenset(
-    [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"]
-)
 # What aioquic raises when a stream can no longer take a frame (reset, finished).
 SEND_ERRORS = (H3Error, ProtocolError, AssertionError, ValueError)
-_STATUS = {code: str(code).encode() for code in range(100, 600)}
 
 
 class H3Protocol:
@@ -168,7 +164,7 @@ class H3Protocol:
     def _refuse(self, stream_id: int, status: int, body: bytes = b"") -> None:
         """A complete response that never reaches the app."""
         logger.info("HTTP/3 stream %s from %s refused: %s", stream_id, self.info.client, status)
-        headers = [(b":status", _STATUS[status]), (b"content-length", str(len(body)).encode())]
+        headers = [(b":status", STATUS[status]), (b"content-length", str(len(body)).encode())]
         if body:
             headers.append((b"content-type", b"text/plain; charset=utf-8"))
         try:
@@ -268,16 +264,13 @@ class H3Protocol:
     def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
         if self.closed or stream_id not in self.streams:
             return
-        self.h3.send_headers(stream_id, [(b":status", _STATUS[status]), *headers])
+        self.h3.send_headers(stream_id, [(b":status", STATUS[status]), *headers])
         self._transmit_soon()
 
     def send_head(self, stream_id: int, status: int, headers: Headers, end: bool) -> None:
         if self.closed or stream_id not in self.streams:
             return
-        out = [(b":status", _STATUS[status])]
-        for header in headers:
-            if header[0] not in CONNECTION_SPECIFIC:
-                out.append(header)
+        out = response_fields(status, headers)
         try:
             self.h3.send_headers(stream_id, out, end_stream=end)
         except SEND_ERRORS as exc:
@@ -333,10 +326,7 @@ class H3Protocol:
         carry the WebSocket both ways."""
         if self.closed or stream_id not in self.streams:
             raise ClientDisconnected(f"stream {stream_id} closed")
-        out = [(b":status", b"200")]
-        for header in headers:
-            if header[0] not in CONNECTION_SPECIFIC:
-                out.append(header)
+        out = response_fields(200, headers)
         try:
             self.h3.send_headers(stream_id, out)
         except SEND_ERRORS as exc:
