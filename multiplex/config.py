@@ -79,6 +79,22 @@ class Config:
     server_header: str = _opt("multiplex", "Value of the `server` response header; empty to omit.")
     date_header: bool = _opt(True, "Add a `date` header to responses that lack one.")
 
+    # --- HTTP/2 and HTTP/3: priorities and push -----------------------------------------
+    priorities: bool = _opt(
+        True,
+        "Send response data in RFC 9218 priority order (the client's `priority` header and"
+        " PRIORITY_UPDATE frames, or the app's override); off: every response shares the"
+        " default priority and streams send in stream order.",
+    )
+    push: bool = _opt(
+        True,
+        "Offer server push (`http.response.push`) on HTTP/2 and HTTP/3 connections whose"
+        " client accepts pushes.",
+    )
+    max_pushes_per_request: int = _opt(
+        16, "Most pushes one request's app may start; later `http.response.push` are dropped."
+    )
+
     # --- timeouts (seconds) --------------------------------------------------------
     graceful_timeout: float = _opt(
         30.0, "On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled."
@@ -211,6 +227,12 @@ class Config:
     )
     quic_max_stream_data: int = _opt(
         256 * KiB, "QUIC: request body bytes one stream may have in flight before the app reads."
+    )
+    quic_send_ahead: int = _opt(
+        64 * KiB,
+        "QUIC: response bytes handed to the QUIC stack ahead of what it has sent, all"
+        " streams together; the rest waits in the priority scheduler, so an urgent"
+        " response overtakes queued ones after at most this much.",
     )
     quic_send_buffer: int = _opt(
         256 * KiB,

@@ -382,6 +382,12 @@ class H11Protocol(BaseConnection):
         if stream_id == self.stream_id:
             self.close()
 
+    def prioritize(self, stream_id: int, urgency: int, incremental: bool) -> None:
+        pass  # one response at a time: nothing to order
+
+    def push(self, stream_id: int, authority: bytes, path: bytes, headers: Headers) -> None:
+        pass  # never offered on HTTP/1.1
+
     def stream_complete(self, stream_id: int) -> None:
         if self.upgraded and stream_id == self.stream_id:
             self.close()  # the WebSocket was the rest of this connection

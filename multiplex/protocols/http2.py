@@ -23,6 +23,14 @@ from multiplex.errors import ClientDisconnected
 from multiplex.protocols.base import BaseConnection
 from multiplex.protocols.fields import STATUS, request_from_fields, response_fields
 from multiplex.protocols.limits import RateWindow
+from multiplex.scheduling import (
+    DEFAULT_PRIORITY,
+    MAX_PRIORITY_FIELD,
+    PendingSend,
+    Priority,
+    Scheduler,
+    parse_priority,
+)
 from multiplex.streams import open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Stream
 
@@ -34,6 +42,9 @@ FLUSH_THRESHOLD = 64 * 1024
 
 _PREFACE_LENGTH = 24
 _HEADERS, _RST_STREAM, _CONTINUATION, _END_HEADERS = 0x1, 0x3, 0x9, 0x4
+_PRIORITY_UPDATE = 0x10  # RFC 9218 section 7.1
+# RFC 9218 section 2.1: we ignore the RFC 7540 priority tree and say so.
+SETTINGS_NO_RFC7540_PRIORITIES = 0x9
 
 
 class _Connection(h2.connection.H2Connection):
@@ -73,6 +84,7 @@ class H2Protocol(BaseConnection):
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
                 # RFC 8441: WebSockets over extended CONNECT.
                 h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+                SETTINGS_NO_RFC7540_PRIORITIES: 1,  # type: ignore[dict-item]
             },
         )
         # h2 copied these two limits from its default settings in its __init__, and the
@@ -81,7 +93,16 @@ class H2Protocol(BaseConnection):
         self.h2.max_inbound_frame_size = config.h2_max_frame_size
         self.h2.decoder.max_header_list_size = config.h2_max_header_list_size
         self.streams: dict[int, Stream] = {}
-        self._window_waiters: dict[int, asyncio.Future[None]] = {}
+        # The send path: data that could not go out at once waits in `_pending`; the
+        # streams among them that may send now are in the scheduler, those whose own
+        # flow-control window is shut in `_blocked` until a WINDOW_UPDATE.
+        self._sched = Scheduler()
+        self._pending: dict[int, PendingSend] = {}
+        self._blocked: set[int] = set()
+        self._prioritize = config.priorities
+        # PRIORITY_UPDATEs for streams not open yet (RFC 9218 section 7.1), bounded.
+        self._early_priority: dict[int, Priority] = {}
+        self._last_sent = 0.0  # when DATA last went out on this connection
         self._flush_scheduled = False
         self._unflushed = 0
         self._goaway_last_id: int | None = None  # set once we sent a graceful GOAWAY
@@ -107,6 +128,7 @@ class H2Protocol(BaseConnection):
             h2.events.RemoteSettingsChanged: self._on_settings_changed,
             h2.events.ConnectionTerminated: self._on_terminated,
             h2.events.TrailersReceived: self._on_trailers,
+            h2.events.UnknownFrameReceived: self._on_unknown_frame,
         }
 
     # --- set-up ------------------------------------------------------------------
@@ -142,6 +164,8 @@ class H2Protocol(BaseConnection):
         super().resume_writing()
         if not self.closed:
             self.transport.resume_reading()
+            if self._sched:
+                self._pump()
 
     def _open_connection_window(self) -> None:
         extra = self.config.h2_connection_window_size - 65535
@@ -177,6 +201,8 @@ class H2Protocol(BaseConnection):
                 handler(event)
                 if self.closed:
                     return
+        if self._sched:
+            self._pump()
         self._flush()
 
     def _scan_frames(self, data: bytes) -> bool:
@@ -228,13 +254,7 @@ class H2Protocol(BaseConnection):
             getattr(self.config, limit),
             value,
         )
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self.h2.highest_inbound_stream_id
-        frame.error_code = ErrorCodes.ENHANCE_YOUR_CALM
-        self._flush()
-        if not self.closed:
-            self.transport.write(frame.serialize())
-        self.close()
+        self._goaway_and_close(ErrorCodes.ENHANCE_YOUR_CALM)
 
     def _on_control(self, event: h2.events.Event) -> None:
         # PING and SETTINGS each make h2 queue an ACK (CVE-2019-9512, CVE-2019-9515).
@@ -250,7 +270,60 @@ class H2Protocol(BaseConnection):
         if isinstance(request, int):
             self._refuse(stream_id, request)
             return
+        self._set_request_priority(stream_id, request)
         self._new_stream(stream_id, request)
+
+    def _set_request_priority(self, stream_id: int, request: Request) -> None:
+        """The client's signal: its `priority` header, or a PRIORITY_UPDATE that came
+        first (which wins: it is the newer signal, RFC 9218 section 7)."""
+        priority = self._early_priority.pop(stream_id, None)
+        if priority is None:
+            for name, value in request.headers:
+                if name == b"priority":
+                    priority = parse_priority(value)
+        if priority is not None and self._prioritize:
+            self._sched.set_priority(stream_id, priority)
+        request.priority = priority or DEFAULT_PRIORITY
+        request.push = self.config.push and bool(self.h2.remote_settings.enable_push)
+
+    def _on_unknown_frame(self, event: h2.events.UnknownFrameReceived) -> None:
+        frame = event.frame
+        if frame.type != _PRIORITY_UPDATE:
+            return  # RFC 9113 section 5.5: unknown frame types are ignored
+        # Counted like PING and SETTINGS: each costs us work.
+        self._on_control(event)
+        if self.closed:
+            return
+        body: bytes = frame.body  # type: ignore[attr-defined]
+        target = int.from_bytes(body[:4], "big") & 0x7FFFFFFF
+        # RFC 9218 section 7.1: only on stream 0, and never about stream 0.
+        if frame.stream_id != 0 or len(body) < 4 or target == 0:
+            self._protocol_error("malformed PRIORITY_UPDATE")
+            return
+        if len(body) - 4 > MAX_PRIORITY_FIELD or not self._prioritize:
+            return  # too long to be a priority signal: ignored, not parsed
+        if target in self.streams:
+            self._sched.set_priority(target, parse_priority(body[4:], self._sched.priority(target)))
+        elif target % 2 == 1:
+            # For a stream the client has not opened yet: kept (bounded) until it does.
+            early = self._early_priority
+            if len(early) >= self.config.h2_max_concurrent_streams:
+                early.pop(next(iter(early)))
+            early[target] = parse_priority(body[4:])
+
+    def _protocol_error(self, why: str) -> None:
+        logger.info("HTTP/2 protocol error from %s: %s", self._peer(), why)
+        self._goaway_and_close(ErrorCodes.PROTOCOL_ERROR)
+
+    def _goaway_and_close(self, code: ErrorCodes) -> None:
+        """A connection error found by us rather than h2: GOAWAY and hang up."""
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.h2.highest_inbound_stream_id
+        frame.error_code = code
+        self._flush()
+        if not self.closed:
+            self.transport.write(frame.serialize())
+        self.close()
 
     def _refuse(self, stream_id: int, status: int) -> None:
         """A complete response that never reaches the app."""
@@ -307,20 +380,20 @@ class H2Protocol(BaseConnection):
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.feed_disconnect()
-        self._wake_window(event.stream_id)
+        self._fail_pending(event.stream_id, "reset by the client")
 
     def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:
-        if event.stream_id == 0:
-            self._wake_all_windows()
-        else:
-            self._wake_window(event.stream_id)
+        if event.stream_id:
+            self._unblock(event.stream_id)
+        # On stream 0 the connection's window grew: the pump at the end of this read
+        # sends whoever waits.
 
     def _on_settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
         self._on_control(event)
         if self.closed:
             return
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-            self._wake_all_windows()
+            self._unblock_all()
 
     def _on_terminated(self, event: h2.events.ConnectionTerminated) -> None:
         self._peer_goaway = True
@@ -369,86 +442,198 @@ class H2Protocol(BaseConnection):
         self._schedule_flush()
 
     async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
+        if self.closed:
+            raise ClientDisconnected("connection closed")
         h2conn = self.h2
-        while True:
-            if self.closed:
-                raise ClientDisconnected("connection closed")
-            if self.write_paused:
-                await self.drain()
-                continue
-            try:
+        try:
+            if not data:
+                if end:
+                    h2conn.end_stream(stream_id)
+                    self._schedule_flush()
+                return
+            if not self._sched and not self.write_paused:
+                # Nobody else is waiting to send: no order to keep, straight to h2.
+                data = self._send_now(stream_id, data, end)
                 if not data:
-                    if end:
-                        h2conn.end_stream(stream_id)
-                        self._schedule_flush()
                     return
-                window = h2conn.local_flow_control_window(stream_id)
-            except h2.exceptions.ProtocolError:
-                raise ClientDisconnected(f"stream {stream_id} closed by the client") from None
+        except h2.exceptions.ProtocolError:
+            raise ClientDisconnected(f"stream {stream_id} closed by the client") from None
+        # Wait for a turn: the scheduler orders this stream among the others waiting.
+        waiter = self.loop.create_future()
+        pending = PendingSend(data, end, waiter, self.loop.time())
+        self._pending[stream_id] = pending
+        self._sched.ready(stream_id)
+        self._pump()
+        if waiter.done():
+            waiter.result()
+            return
+        pending.timer = self.loop.call_later(
+            self.config.send_stall_timeout, self._check_stall, stream_id, pending
+        )
+        try:
+            await waiter
+        finally:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if self._pending.get(stream_id) is pending:
+                self._drop_pending(stream_id)
+
+    def _send_now(self, stream_id: int, data: bytes, end: bool) -> bytes:
+        """Send what the windows allow at once; what is left over."""
+        h2conn = self.h2
+        while data:
+            window = h2conn.local_flow_control_window(stream_id)
             if window <= 0:
-                await self._wait_window(stream_id)
-                continue
+                return data
             size = min(window, len(data), h2conn.max_outbound_frame_size)
             if size == len(data):
                 chunk, data = data, b""
             else:
                 chunk, data = data[:size], data[size:]
-            try:
-                h2conn.send_data(stream_id, chunk, end_stream=end and not data)
-            except h2.exceptions.ProtocolError:
-                raise ClientDisconnected(f"stream {stream_id} closed by the client") from None
-            self._unflushed += size
-            if self._unflushed >= FLUSH_THRESHOLD:
-                self._flush()
-            else:
-                self._schedule_flush()
-            if not data:
+            h2conn.send_data(stream_id, chunk, end_stream=end and not data)
+            self._sent(size)
+            if self.write_paused:
+                return data
+        return data
+
+    def _sent(self, size: int) -> None:
+        self._unflushed += size
+        if self._unflushed >= FLUSH_THRESHOLD:
+            self._flush()  # may pause writing
+        else:
+            self._schedule_flush()
+
+    def _pump(self) -> None:
+        """Send waiting data in priority order while the connection's window and the
+        transport take it; one frame per turn, so incremental streams interleave."""
+        sched = self._sched
+        h2conn = self.h2
+        pending_of = self._pending
+        while sched and not self.write_paused and not self.closed:
+            if h2conn.outbound_flow_control_window <= 0:
+                return  # a WINDOW_UPDATE on stream 0 brings us back
+            stream_id = sched.next()
+            if stream_id is None:
                 return
+            pending = pending_of.get(stream_id)
+            if pending is None:
+                continue
+            try:
+                window = h2conn.local_flow_control_window(stream_id)
+                if window <= 0:
+                    self._blocked.add(stream_id)
+                    continue
+                data = pending.data
+                size = min(window, len(data), h2conn.max_outbound_frame_size)
+                if size == len(data):
+                    chunk, data = data, b""
+                else:
+                    chunk, data = data[:size], data[size:]
+                h2conn.send_data(stream_id, chunk, end_stream=pending.end and not data)
+            except h2.exceptions.ProtocolError:
+                self._fail_pending(stream_id, "closed by the client")
+                continue
+            now = self.loop.time()
+            pending.progress = self._last_sent = now
+            if data:
+                pending.data = data
+                sched.ready(stream_id)
+            else:
+                del pending_of[stream_id]
+                if not pending.waiter.done():
+                    pending.waiter.set_result(None)
+            self._sent(size)
 
-    async def _wait_window(self, stream_id: int) -> None:
-        waiter = self.loop.create_future()
-        self._window_waiters[stream_id] = waiter
-        timer = self.loop.call_later(
-            self.config.send_stall_timeout, self._window_stalled, stream_id, waiter
-        )
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            if self._window_waiters.get(stream_id) is waiter:
-                del self._window_waiters[stream_id]
-
-    def _window_stalled(self, stream_id: int, waiter: asyncio.Future[None]) -> None:
-        """The peer kept the window shut for `send_stall_timeout`: drop the stream."""
-        if waiter.done() or self.closed:
+    def _check_stall(self, stream_id: int, pending: PendingSend) -> None:
+        """A stream waiting to send: reset it if the peer gave it no window for
+        `send_stall_timeout` (its own window shut, or the connection's). Waiting
+        behind more urgent streams that do make progress is not a stall."""
+        pending.timer = None
+        if self.closed or self._pending.get(stream_id) is not pending:
+            return
+        stall = self.config.send_stall_timeout
+        now = self.loop.time()
+        since = now - max(pending.progress, 0.0 if stream_id in self._blocked else self._last_sent)
+        if since < stall:
+            pending.timer = self.loop.call_later(
+                stall - since, self._check_stall, stream_id, pending
+            )
             return
         logger.info(
             "HTTP/2 stream %s from %s: no flow-control window for send_stall_timeout = %s s;"
             " RST_STREAM CANCEL",
             stream_id,
             self._peer(),
-            self.config.send_stall_timeout,
+            stall,
         )
         try:
             self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             pass
         self._schedule_flush()
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.feed_disconnect()
-        waiter.set_exception(ClientDisconnected(f"stream {stream_id}: send stalled"))
+        self._fail_pending(stream_id, "send stalled")
 
-    def _wake_window(self, stream_id: int) -> None:
-        waiter = self._window_waiters.pop(stream_id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _fail_pending(self, stream_id: int, why: str) -> None:
+        pending = self._drop_pending(stream_id)
+        if pending is not None and not pending.waiter.done():
+            pending.waiter.set_exception(ClientDisconnected(f"stream {stream_id}: {why}"))
 
-    def _wake_all_windows(self) -> None:
-        waiters, self._window_waiters = self._window_waiters, {}
-        for waiter in waiters.values():
-            if not waiter.done():
-                waiter.set_result(None)
+    def _drop_pending(self, stream_id: int) -> PendingSend | None:
+        self._sched.discard(stream_id)
+        self._blocked.discard(stream_id)
+        return self._pending.pop(stream_id, None)
+
+    def _unblock(self, stream_id: int) -> None:
+        """The stream's own window opened: it may take its turn again."""
+        if stream_id in self._blocked:
+            self._blocked.discard(stream_id)
+            self._sched.ready(stream_id)
+
+    def _unblock_all(self) -> None:
+        blocked, self._blocked = self._blocked, set()
+        for stream_id in blocked:
+            self._sched.ready(stream_id)
+
+    def _fail_all_pending(self) -> None:
+        for stream_id in list(self._pending):
+            self._fail_pending(stream_id, "connection closed")
+
+    def push(self, stream_id: int, authority: bytes, path: bytes, headers: Headers) -> None:
+        """PUSH_PROMISE on the client's stream, then the promised GET runs through the
+        app on the new (even) stream like any request, scheduled like any response."""
+        h2conn = self.h2
+        if self.closed or self._goaway_last_id is not None or self._peer_goaway:
+            return
+        if not h2conn.remote_settings.enable_push:
+            return  # the client turned pushes off since the request came: dropped
+        promised = h2conn.get_next_available_stream_id()
+        scheme = self.info.scheme.encode("ascii")
+        fields = [
+            (b":method", b"GET"),
+            (b":scheme", scheme),
+            (b":authority", authority),
+            (b":path", path),
+            *headers,
+        ]
+        try:
+            h2conn.push_stream(stream_id, promised, fields)
+        except h2.exceptions.ProtocolError as exc:
+            # The parent stream is done, or the client's stream limit is reached.
+            logger.debug("HTTP/2 push of %r on stream %s not sent: %s", path, stream_id, exc)
+            return
+        request = Request("GET", path, [(b"host", authority), *headers])
+        request.priority = DEFAULT_PRIORITY
+        self._new_stream(promised, request).feed_end()
+        self._schedule_flush()
+
+    def prioritize(self, stream_id: int, urgency: int, incremental: bool) -> None:
+        """The app (or its `priority` response header) set the stream's priority:
+        a server-side override (RFC 9218 section 8)."""
+        if self._prioritize:
+            self._sched.set_priority(stream_id, (urgency, incremental))
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
         if self.closed:
@@ -482,12 +667,13 @@ class H2Protocol(BaseConnection):
             self.h2.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
         except h2.exceptions.ProtocolError:
             return
-        self._wake_window(stream_id)
+        self._fail_pending(stream_id, "reset")
         self._schedule_flush()
 
     def stream_complete(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
-        self._window_waiters.pop(stream_id, None)
+        self._drop_pending(stream_id)
+        self._sched.forget(stream_id)
         if self.closed:
             return
         h2stream = self.h2.streams.get(stream_id)
@@ -542,7 +728,7 @@ class H2Protocol(BaseConnection):
             self._idle_timer.cancel()
         for stream in list(self.streams.values()):
             stream.feed_disconnect()
-        self._wake_all_windows()
+        self._fail_all_pending()
 
     def _peer(self) -> str:
         client = self.info.client

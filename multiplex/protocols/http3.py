@@ -14,14 +14,16 @@ from typing import TYPE_CHECKING, Any
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import H3Connection, ProtocolError, encode_frame
 from aioquic.h3.events import DataReceived, HeadersReceived
-from aioquic.h3.exceptions import H3Error
+from aioquic.h3.exceptions import H3Error, NoAvailablePushIDError
 from aioquic.quic import events as quic_events
 from aioquic.quic.connection import NetworkAddress
 
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.fields import STATUS, request_from_fields, response_fields
+from multiplex.protocols.h3control import PrioritySniffer, PriorityUpdate
+from multiplex.scheduling import DEFAULT_PRIORITY, PendingSend, Priority, Scheduler, parse_priority
 from multiplex.streams import open_stream
-from multiplex.streams.seam import ConnectionInfo, Headers, Stream
+from multiplex.streams.seam import ConnectionInfo, Headers, Request, Stream
 
 if TYPE_CHECKING:
     from multiplex.protocols.quic import CreditedQuicConnection, QuicEndpoint
@@ -33,6 +35,9 @@ H3_NO_ERROR = 0x100
 H3_INTERNAL_ERROR = 0x102
 H3_REQUEST_REJECTED = 0x10B
 H3_REQUEST_CANCELLED = 0x10C
+H3_ID_ERROR = 0x108
+# An incremental response hands this much to QUIC per turn before the next one's turn.
+INCREMENTAL_CHUNK = 16 * 1024
 H3_GOAWAY_FRAME = 0x7
 
 # What aioquic raises when a stream can no longer take a frame (reset, finished).
@@ -59,7 +64,17 @@ class H3Protocol:
         self.streams: dict[int, Stream] = {}
         self.unread: dict[int, int] = {}  # request body bytes fed to a stream, not yet read
         self.closed = False
-        self._send_waiters: dict[int, asyncio.Future[None]] = {}
+        # The send path: response data that could not go to QUIC at once waits here,
+        # ordered by the scheduler (RFC 9218); `_blocked` streams wait for their own
+        # flow-control credit or for acknowledgements (quic_send_buffer).
+        self._sched = Scheduler()
+        self._pending: dict[int, PendingSend] = {}
+        self._blocked: set[int] = set()
+        self._prioritize = self.config.priorities
+        self._early_priority: dict[int, Priority] = {}
+        self._sniffer = PrioritySniffer()
+        self._push_streams: dict[int, int] = {}  # push ID -> its stream
+        self._last_handed = -1  # the stream the scheduler last gave data to QUIC for
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_scheduled = False
@@ -89,6 +104,10 @@ class H3Protocol:
         event = quic.next_event()
         while event is not None:
             kind = type(event)
+            if kind is quic_events.StreamDataReceived and event.stream_id % 4 == 2:  # type: ignore[attr-defined]
+                # The client's unidirectional streams: the control stream carries
+                # PRIORITY_UPDATE, which aioquic drops, so we read it alongside.
+                self._sniff(event)  # type: ignore[arg-type]
             if kind is quic_events.StreamDataReceived or kind is quic_events.StreamReset:
                 # H3Connection closes the connection itself on an HTTP/3 protocol error.
                 for h3_event in self.h3.handle_event(event):
@@ -101,6 +120,7 @@ class H3Protocol:
             elif kind is quic_events.StopSendingReceived:
                 # The client no longer wants this response: stop it and tell the app.
                 stream_id = event.stream_id  # type: ignore[attr-defined]
+                quic.discard_unsent(stream_id)
                 if stream_id in self.streams:
                     quic.reset_stream(stream_id, H3_REQUEST_CANCELLED)
                 self._disconnect_stream(stream_id)
@@ -116,7 +136,8 @@ class H3Protocol:
             else:
                 self.h3.handle_event(event)
             event = quic.next_event()
-        self._wake_senders()
+        if self._sched or self._blocked:
+            self._pump()
 
     def _on_headers(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
@@ -149,12 +170,25 @@ class H3Protocol:
             key_schedule = getattr(self.quic.tls, "key_schedule", None)
             if key_schedule is not None and key_schedule.cipher_suite is not None:
                 tls_info["cipher_suite"] = int(key_schedule.cipher_suite)
+        self._set_request_priority(stream_id, request)
         stream = open_stream(self, stream_id, request, self.info, self.server)
         self.streams[stream_id] = stream
         self.unread[stream_id] = 0
         stream.start()
         if event.stream_ended:
             stream.feed_end()
+
+    def _set_request_priority(self, stream_id: int, request: Request) -> None:
+        """The client's signal: a PRIORITY_UPDATE that came first, else its header."""
+        priority = self._early_priority.pop(stream_id, None)
+        if priority is None:
+            for name, value in request.headers:
+                if name == b"priority":
+                    priority = parse_priority(value)
+        if priority is not None and self._prioritize:
+            self._sched.set_priority(stream_id, priority)
+        request.priority = priority or DEFAULT_PRIORITY
+        request.push = self.config.push and self.h3._max_push_id is not None
 
     def _too_early(self, stream_id: int) -> None:
         """425 Too Early (RFC 8470 section 5.2): the client retries after the handshake,
@@ -193,9 +227,7 @@ class H3Protocol:
         stream = self.streams.get(stream_id)
         if stream is not None:
             stream.feed_disconnect()
-        waiter = self._send_waiters.pop(stream_id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._fail_pending(stream_id, "closed by the client")
 
     def _terminated(self) -> None:
         if self.closed:
@@ -205,7 +237,8 @@ class H3Protocol:
         self.server.connections.discard(self)
         for stream in list(self.streams.values()):
             stream.feed_disconnect()
-        self._wake_senders(everyone=True)
+        for stream_id in list(self._pending):
+            self._fail_pending(stream_id, "connection closed")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -220,6 +253,11 @@ class H3Protocol:
         endpoint = self.endpoint
         for data, addr in self.quic.datagrams_to_send(now=self.loop.time()):
             endpoint.sendto(data, addr)
+        if self._sched or self._blocked:
+            unsent = self.quic.unsent
+            self._pump()
+            if self.quic.unsent > unsent:
+                self._transmit_soon()  # what the scheduler just handed over
         timer_at = self.quic.get_timer()
         if self._timer is not None and self._timer_at != timer_at:
             self._timer.cancel()
@@ -250,17 +288,6 @@ class H3Protocol:
         sender = stream.sender
         return sender._buffer_stop - sender._buffer_start
 
-    def _wake_senders(self, everyone: bool = False) -> None:
-        if not self._send_waiters:
-            return
-        limit = self.config.quic_send_buffer
-        for stream_id, waiter in list(self._send_waiters.items()):
-            buffered = self._buffered(stream_id)
-            if everyone or buffered is None or buffered < limit:
-                del self._send_waiters[stream_id]
-                if not waiter.done():
-                    waiter.set_result(None)
-
     def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
         if self.closed or stream_id not in self.streams:
             return
@@ -279,30 +306,149 @@ class H3Protocol:
         self._transmit_soon()
 
     async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
-        limit = self.config.quic_send_buffer
-        view = memoryview(data)
-        while True:
-            if self.closed or stream_id not in self.streams:
-                raise ClientDisconnected(f"stream {stream_id} closed")
-            buffered = self._buffered(stream_id)
-            if buffered is None:
-                raise ClientDisconnected(f"stream {stream_id} closed")
-            room = limit - buffered
-            if room <= 0 and view:
-                waiter = self.loop.create_future()
-                self._send_waiters[stream_id] = waiter
-                await waiter
-                continue
-            chunk = view[:room] if view else view
-            view = view[len(chunk) :]
-            last = end and not view
-            try:
-                self.h3.send_data(stream_id, bytes(chunk), end_stream=last)
-            except SEND_ERRORS as exc:
-                raise ClientDisconnected(f"stream {stream_id}: {exc}") from None
-            self._transmit_soon()
-            if not view:
+        if self.closed or stream_id not in self.streams:
+            raise ClientDisconnected(f"stream {stream_id} closed")
+        if not self._sched:
+            # Nobody else is waiting to send: no order to keep, straight to QUIC.
+            left = self._hand_over(stream_id, data, end, len(data))
+            if left is None:
                 return
+            data = left
+        waiter = self.loop.create_future()
+        pending = PendingSend(data, end, waiter, self.loop.time())
+        self._pending[stream_id] = pending
+        self._sched.ready(stream_id)
+        self._pump()
+        if waiter.done():
+            waiter.result()
+            return
+        pending.timer = self.loop.call_later(
+            self.config.send_stall_timeout, self._check_stall, stream_id, pending
+        )
+        try:
+            await waiter
+        finally:
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if self._pending.get(stream_id) is pending:
+                self._drop_pending(stream_id)
+
+    def _room(self, stream_id: int) -> int | None:
+        """How much of this stream's data QUIC may take now (<= 0: none): bounded by
+        the connection's send-ahead and credit, the stream's credit and its
+        unacknowledged bytes. None when the stream is gone."""
+        quic = self.quic
+        stream = quic._streams.get(stream_id)
+        if stream is None:
+            return None
+        sender = stream.sender
+        return min(
+            self.config.quic_send_ahead - quic.unsent,
+            quic.send_credit,
+            stream.max_stream_data_remote - sender._buffer_stop,
+            self.config.quic_send_buffer - (sender._buffer_stop - sender._buffer_start),
+        )
+
+    def _hand_over(self, stream_id: int, data: bytes, end: bool, most: int) -> bytes | None:
+        """Give QUIC what fits of `data` (at most `most` bytes); what is left, or None
+        once all of it (and the end of stream) is handed over."""
+        room = self._room(stream_id)
+        if room is None:
+            raise ClientDisconnected(f"stream {stream_id} closed")
+        size = min(room, most, len(data))
+        if size <= 0 and data:
+            return data
+        if size == len(data):
+            chunk, rest = data, b""
+        else:
+            chunk, rest = data[:size], data[size:]
+        try:
+            self.h3.send_data(stream_id, chunk, end_stream=end and not rest)
+        except SEND_ERRORS as exc:
+            raise ClientDisconnected(f"stream {stream_id}: {exc}") from None
+        self._transmit_soon()
+        return rest or None
+
+    def _pump(self) -> None:
+        """Hand waiting response data to QUIC in priority order, as far as the
+        send-ahead bound and flow control allow."""
+        sched = self._sched
+        if self._blocked:
+            # Credit or acknowledgements may have come: everyone gets another look.
+            blocked, self._blocked = self._blocked, set()
+            for blocked_id in blocked:
+                sched.ready(blocked_id)
+        now = self.loop.time()
+        while sched and not self.closed:
+            if self.quic.unsent >= self.config.quic_send_ahead or self.quic.send_credit <= 0:
+                return  # transmit() brings us back once packets go out or credit comes
+            stream_id = sched.peek()
+            if stream_id is None:
+                return
+            if stream_id != self._last_handed and self._unsent_of(self._last_handed):
+                # QUIC interleaves the streams it holds data for: the next stream's
+                # turn starts once the last one's bytes are on the wire.
+                return
+            sched.next()
+            pending = self._pending.get(stream_id)
+            if pending is None:
+                continue
+            self._last_handed = stream_id
+            incremental = sched.priority(stream_id)[1]
+            most = INCREMENTAL_CHUNK if incremental else len(pending.data)
+            try:
+                rest = self._hand_over(stream_id, pending.data, pending.end, most)
+            except ClientDisconnected as exc:
+                self._fail_pending(stream_id, str(exc))
+                continue
+            if rest is None:
+                del self._pending[stream_id]
+                if not pending.waiter.done():
+                    pending.waiter.set_result(None)
+            elif rest is pending.data:
+                self._blocked.add(stream_id)  # no room for this stream in particular
+            else:
+                pending.data = rest
+                pending.progress = now
+                sched.ready(stream_id)
+
+    def _unsent_of(self, stream_id: int) -> int:
+        stream = self.quic._streams.get(stream_id)
+        if stream is None or stream.sender.reset_pending:
+            return 0
+        return int(stream.sender._buffer_stop - stream.sender.highest_offset)
+
+    def _check_stall(self, stream_id: int, pending: PendingSend) -> None:
+        """Reset a stream that could send nothing for `send_stall_timeout`: the client
+        gives it no credit, or acknowledges nothing."""
+        pending.timer = None
+        if self.closed or self._pending.get(stream_id) is not pending:
+            return
+        stall = self.config.send_stall_timeout
+        since = self.loop.time() - pending.progress
+        if since < stall:
+            pending.timer = self.loop.call_later(
+                stall - since, self._check_stall, stream_id, pending
+            )
+            return
+        logger.info(
+            "HTTP/3 stream %s from %s: nothing sent for send_stall_timeout = %s s; reset",
+            stream_id,
+            self.info.client,
+            stall,
+        )
+        self.reset(stream_id)
+        self._disconnect_stream(stream_id)
+
+    def _fail_pending(self, stream_id: int, why: str) -> None:
+        pending = self._drop_pending(stream_id)
+        if pending is not None and not pending.waiter.done():
+            pending.waiter.set_exception(ClientDisconnected(f"stream {stream_id}: {why}"))
+
+    def _drop_pending(self, stream_id: int) -> PendingSend | None:
+        self._sched.discard(stream_id)
+        self._blocked.discard(stream_id)
+        return self._pending.pop(stream_id, None)
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
         if self.closed or stream_id not in self.streams:
@@ -334,6 +480,63 @@ class H3Protocol:
         self._transmit_soon()
         return 200
 
+    def prioritize(self, stream_id: int, urgency: int, incremental: bool) -> None:
+        if self._prioritize:
+            self._sched.set_priority(stream_id, (urgency, incremental))
+
+    def push(self, stream_id: int, authority: bytes, path: bytes, headers: Headers) -> None:
+        """PUSH_PROMISE on the request stream, then the promised GET runs through the
+        app on a push stream (RFC 9114 section 4.6), within the client's MAX_PUSH_ID."""
+        if self.closed or self._goaway_id is not None or stream_id not in self.streams:
+            return
+        fields = [
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", authority),
+            (b":path", path),
+            *headers,
+        ]
+        try:
+            push_stream_id = self.h3.send_push_promise(stream_id, fields)
+        except (*SEND_ERRORS, H3Error, NoAvailablePushIDError) as exc:
+            logger.debug("HTTP/3 push of %r on stream %s not sent: %s", path, stream_id, exc)
+            return
+        self._push_streams[self.h3._next_push_id - 1] = push_stream_id
+        request = Request("GET", path, [(b"host", authority), *headers])
+        request.priority = DEFAULT_PRIORITY
+        stream = open_stream(self, push_stream_id, request, self.info, self.server)
+        self.streams[push_stream_id] = stream
+        stream.start()
+        stream.feed_end()
+        self._transmit_soon()
+
+    def _sniff(self, event: quic_events.StreamDataReceived) -> None:
+        for update in self._sniffer.feed(event.stream_id, event.data):
+            self._priority_update(update)
+
+    def _priority_update(self, update: PriorityUpdate) -> None:
+        """RFC 9218 section 7.2: a client's PRIORITY_UPDATE for a request or push."""
+        element = update.element_id
+        if element < 0 or (not update.push and element % 4 != 0):
+            self._close_with(H3_ID_ERROR, "PRIORITY_UPDATE for no request stream")
+            return
+        if not self._prioritize:
+            return
+        stream_id = self._push_streams.get(element) if update.push else element
+        if stream_id is not None and stream_id in self.streams:
+            base = self._sched.priority(stream_id)
+            self._sched.set_priority(stream_id, parse_priority(update.value, base))
+        elif not update.push and element > self._highest_request_id:
+            early = self._early_priority  # for a stream not open yet; bounded
+            if len(early) >= self.config.quic_max_streams:
+                early.pop(next(iter(early)))
+            early[element] = parse_priority(update.value)
+
+    def _close_with(self, code: int, reason: str) -> None:
+        logger.info("HTTP/3 connection from %s: %s", self.info.client, reason)
+        self.quic.close(error_code=code, reason_phrase=reason)
+        self._transmit_soon()
+
     def reset(self, stream_id: int) -> None:
         if self.closed:
             return
@@ -346,11 +549,12 @@ class H3Protocol:
     def stream_complete(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
         self.quic.forget(stream_id, self.unread.pop(stream_id, 0))
-        self._send_waiters.pop(stream_id, None)
+        self._drop_pending(stream_id)
+        self._sched.forget(stream_id)
         if self.closed:
             return
         quic_stream = self.quic._streams.get(stream_id)
-        if quic_stream is not None and not quic_stream.receiver.is_finished:
+        if quic_stream is not None and stream_id % 4 == 0 and not quic_stream.receiver.is_finished:
             # Complete response, request still coming: ask the client to stop sending
             # (RFC 9114 section 4.1.1).
             try:

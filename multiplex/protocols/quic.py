@@ -70,6 +70,7 @@ class CreditedQuicConnection(QuicConnection):
         self.connection_window = connection_window
         self.stream_consumed: dict[int, int] = {}
         self.unread = 0
+        self._discounted: set[int] = set()
 
     def _derive_reset_tokens(self) -> None:
         """Stateless reset tokens derived from the connection ID (RFC 9000 section
@@ -100,6 +101,7 @@ class CreditedQuicConnection(QuicConnection):
         """The stream is finished: what it left unread no longer holds the window."""
         self.stream_consumed.pop(stream_id, None)
         self.unread -= unread
+        self._discounted.discard(stream_id)
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         limit = self._local_max_data
@@ -128,6 +130,38 @@ class CreditedQuicConnection(QuicConnection):
             super()._write_stream_limits(builder, space, stream)
         finally:
             receiver.highest_offset = highest
+
+    # --- what the HTTP/3 scheduler needs to know about the send buffer ------------------
+
+    queued = 0  # stream bytes ever handed to aioquic, all streams
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        super().send_stream_data(stream_id, data, end_stream)
+        self.queued += len(data)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        self.discard_unsent(stream_id)
+        super().reset_stream(stream_id, error_code)
+
+    def discard_unsent(self, stream_id: int) -> None:
+        """The stream's sending side is reset (by us, or by the peer's STOP_SENDING):
+        what was handed over but not sent never will be. Counted once per stream."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream_id in self._discounted:
+            return
+        self._discounted.add(stream_id)
+        sender = stream.sender
+        self.queued -= max(0, sender._buffer_stop - sender.highest_offset)
+
+    @property
+    def unsent(self) -> int:
+        """Stream bytes handed to aioquic that have not yet gone out in a packet."""
+        return max(0, self.queued - self._remote_max_data_used)
+
+    @property
+    def send_credit(self) -> int:
+        """Connection flow-control credit left for bytes not yet handed to aioquic."""
+        return int(self._remote_max_data) - self.queued
 
 
 class _NoEarlyDataContext(tls.Context):

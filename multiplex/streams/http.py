@@ -19,6 +19,7 @@ from email.utils import formatdate
 from typing import Any
 
 from multiplex.errors import ClientDisconnected
+from multiplex.scheduling import DEFAULT_URGENCY, parse_priority
 from multiplex.streams.common import base_scope, log_access, start_app_task
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Wire
 
@@ -66,6 +67,8 @@ _KNOWN = frozenset(
         "http.response.trailers",
         "http.response.early_hint",
         "http.response.pathsend",
+        "http.response.priority",
+        "http.response.push",
     ]
 )
 
@@ -97,6 +100,7 @@ class HTTPStream:
         "expect_continue",
         "head_only",
         "info",
+        "pushes",
         "request",
         "response_headers",
         "scope",
@@ -137,6 +141,7 @@ class HTTPStream:
         self.trailers = False  # the app announced trailers in http.response.start
         self.trailer_fields: Headers = []
         self.body_bytes = 0
+        self.pushes = 0
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.start_time = 0.0
@@ -151,6 +156,14 @@ class HTTPStream:
             extensions["http.response.trailers"] = {}
         if request.early_hints:
             extensions["http.response.early_hint"] = {}
+        if request.priority is not None:
+            urgency, incremental = request.priority
+            extensions["http.response.priority"] = {
+                "urgency": urgency,
+                "incremental": incremental,
+            }
+        if request.push:
+            extensions["http.response.push"] = {}
         scope = base_scope("http", request, info, self.server, info.scheme, extensions)
         scope["method"] = self.request.method
         return scope
@@ -239,6 +252,14 @@ class HTTPStream:
             if state == RESPONSE_STARTED:
                 await self._pathsend(message)
                 return
+        elif kind == "http.response.priority":
+            if state <= RESPONSE_BODY:
+                self._prioritize(message)
+                return
+        elif kind == "http.response.push":
+            if state <= RESPONSE_BODY:
+                self._push(message)
+                return
         if self.disconnected:
             raise ClientDisconnected(f"stream {self.stream_id}: client disconnected")
         if state == RESPONSE_DONE:
@@ -256,23 +277,52 @@ class HTTPStream:
                     " (use the early hints extension for 103)"
                 )
             raise TypeError(f"http.response.start: status must be an int 200-599, got {status!r}")
-        headers: Headers = []
-        for item in message.get("headers", ()):
-            try:
-                name, value = item
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"http.response.start: a header must be a [name, value] pair, got {item!r}"
-                ) from None
-            if type(name) is not bytes or type(value) is not bytes:
-                raise TypeError(
-                    f"http.response.start: header names and values must be bytes, got {item!r}"
-                )
-            headers.append((name.lower(), value))
+        headers = _header_pairs("http.response.start", message.get("headers", ()))
         self.status = status
         self.response_headers = headers
         self.trailers = bool(message.get("trailers", False))
         self.state = RESPONSE_STARTED
+        if self.request.priority is not None:
+            for name, value in headers:
+                if name == b"priority":
+                    # The app's `priority` response header is its override too.
+                    urgency, incremental = parse_priority(value, self.request.priority)
+                    self.wire.prioritize(self.stream_id, urgency, incremental)
+
+    def _prioritize(self, message: dict[str, Any]) -> None:
+        """Proposed `http.response.priority` extension: the app sets the RFC 9218
+        urgency and incremental flag its response is scheduled with."""
+        urgency = message.get("urgency", DEFAULT_URGENCY)
+        incremental = message.get("incremental", False)
+        if type(urgency) is not int or not 0 <= urgency <= 7:
+            raise ValueError(f"http.response.priority: urgency must be an int 0-7, got {urgency!r}")
+        if type(incremental) is not bool:
+            raise TypeError(
+                f"http.response.priority: incremental must be a bool, got {incremental!r}"
+            )
+        if self.request.priority is not None and not self.disconnected:
+            self.wire.prioritize(self.stream_id, urgency, incremental)
+
+    def _push(self, message: dict[str, Any]) -> None:
+        """asgiref Server Push: the server promises a GET of `path` and answers it by
+        running the app on a new scope, as if the client had asked."""
+        path = message.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"http.response.push: path must start with /, got {path!r}")
+        headers = _header_pairs("http.response.push", message.get("headers", ()))
+        for name, value in headers:
+            _check_field("http.response.push", name, value)
+        if not self.request.push or self.disconnected:
+            return  # the client takes no pushes (any more): dropped, as asgiref allows
+        if self.pushes >= self.server.config.max_pushes_per_request:
+            logger.debug("stream %s: push of %s over max_pushes_per_request", self.stream_id, path)
+            return
+        self.pushes += 1
+        authority = b""
+        for name, value in self.request.headers:
+            if name == b"host":
+                authority = value
+        self.wire.push(self.stream_id, authority, path.encode("utf-8"), headers)
 
     def _early_hint(self, message: dict[str, Any]) -> None:
         """asgiref Early Hints: a 103 with one `link` field per entry."""
@@ -290,26 +340,9 @@ class HTTPStream:
             self.wire.send_informational(self.stream_id, 103, headers)
 
     async def _send_trailers(self, message: dict[str, Any]) -> None:
-        for item in message.get("headers", ()):
-            try:
-                name, value = item
-            except (TypeError, ValueError):
-                raise TypeError(
-                    f"http.response.trailers: a field must be a [name, value] pair, got {item!r}"
-                ) from None
-            if type(name) is not bytes or type(value) is not bytes:
-                raise TypeError(
-                    f"http.response.trailers: names and values must be bytes, got {item!r}"
-                )
-            name = name.lower()
-            if (
-                not name
-                or name.startswith(b":")
-                or b" " in name
-                or b":" in name
-                or any(bad in name or bad in value for bad in _BAD_FIELD_BYTES)
-            ):
-                raise ValueError(f"http.response.trailers: invalid field {item!r}")
+        for item in _header_pairs("http.response.trailers", message.get("headers", ())):
+            name, value = item
+            _check_field("http.response.trailers", name, value)
             if name in FORBIDDEN_TRAILERS:
                 raise ValueError(
                     f"http.response.trailers: {name.decode('latin-1')} may not be a trailer"
@@ -482,6 +515,34 @@ class HTTPStream:
     def _log_access(self) -> None:
         status = self.status if self.state == RESPONSE_DONE else 0
         log_access(self.request, self.info, status, self.body_bytes, self.start_time)
+
+
+def _header_pairs(kind: str, items: Any) -> Headers:
+    """An app's `[name, value]` byte pairs, names lowercased."""
+    headers: Headers = []
+    for item in items:
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{kind}: a header must be a [name, value] pair, got {item!r}"
+            ) from None
+        if type(name) is not bytes or type(value) is not bytes:
+            raise TypeError(f"{kind}: header names and values must be bytes, got {item!r}")
+        headers.append((name.lower(), value))
+    return headers
+
+
+def _check_field(kind: str, name: bytes, value: bytes) -> None:
+    """A field we put on the wire ourselves (h11/h2 check response heads for us)."""
+    if (
+        not name
+        or name.startswith(b":")
+        or b" " in name
+        or b":" in name
+        or any(bad in name or bad in value for bad in _BAD_FIELD_BYTES)
+    ):
+        raise ValueError(f"{kind}: invalid field {(name, value)!r}")
 
 
 def _open_regular(path: str) -> tuple[int, int]:

@@ -47,6 +47,15 @@ class Wire(Protocol):
     def stream_complete(self, stream_id: int) -> None:
         """The stream's app task has finished; the connection may clean up or go on."""
 
+    def push(self, stream_id: int, authority: bytes, path: bytes, headers: Headers) -> None:
+        """Promise a GET of `authority` + `path` (with these request headers) for the
+        stream's client and serve it through the app as a stream of its own.
+        Only called where `Request.push` said pushes are possible."""
+
+    def prioritize(self, stream_id: int, urgency: int, incremental: bool) -> None:
+        """The app changed the response's priority (RFC 9218 section 8: the server's
+        override of the client's signal). A no-op where nothing is multiplexed."""
+
 
 class WebSocketWire(Wire, Protocol):
     """A `Wire` that can carry WebSockets: the one verb where protocols differ.
@@ -95,6 +104,8 @@ class Request:
         "expect_continue",
         "headers",
         "method",
+        "priority",
+        "push",
         "raw_target",
         "trailers",
         "websocket",
@@ -120,6 +131,11 @@ class Request:
         # (HTTP/1.1 only with `TE: trailers`) and 1xx responses (never to HTTP/1.0).
         self.trailers = True
         self.early_hints = True
+        # The client's RFC 9218 priority (urgency, incremental) where the protocol
+        # schedules responses by it (HTTP/2, HTTP/3); None on HTTP/1.1.
+        self.priority: tuple[int, bool] | None = None
+        # The connection can push (HTTP/2 or HTTP/3, the client accepts pushes).
+        self.push = False
 
 
 class ConnectionInfo:

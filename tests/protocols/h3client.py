@@ -18,9 +18,9 @@ from typing import Any, cast
 
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.buffer import Buffer, BufferReadError  # type: ignore[attr-defined]
-from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
-from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.buffer import Buffer, BufferReadError, encode_uint_var  # type: ignore[attr-defined]
+from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection, encode_frame
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived, PushPromiseReceived
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -88,6 +88,9 @@ class H3Client(QuicConnectionProtocol):
         self._uni: dict[int, bytearray] = {}
         self._uni_parsed: dict[int, int] = {}
         self.responses: dict[int, Response] = {}
+        self.order: list[tuple[int, int]] = []  # (stream, bytes) of each DATA, in order
+        self.promises: dict[int, Headers] = {}  # push ID -> promised request
+        self.pushes: dict[int, Response] = {}  # push ID -> pushed response
         self.handshake: quic_events.HandshakeCompleted | None = None
         self.terminated: quic_events.ConnectionTerminated | None = None
         self.closed = asyncio.get_running_loop().create_future()
@@ -155,7 +158,16 @@ class H3Client(QuicConnectionProtocol):
             pass  # the rest of the frame is still to come
 
     def _h3_event(self, event: H3Event) -> None:
-        response = self.responses.get(getattr(event, "stream_id", -1))
+        if isinstance(event, PushPromiseReceived):
+            self.promises[event.push_id] = event.headers
+            return
+        push_id = getattr(event, "push_id", None)
+        if push_id is not None:
+            response = self.pushes.get(push_id)
+            if response is None:
+                response = self.pushes[push_id] = Response(event.stream_id)  # type: ignore[attr-defined]
+        else:
+            response = self.responses.get(getattr(event, "stream_id", -1))
         if response is None:
             return
         if isinstance(event, HeadersReceived):
@@ -168,6 +180,7 @@ class H3Client(QuicConnectionProtocol):
                 response.trailers = event.headers
         elif isinstance(event, DataReceived):
             if event.data:
+                self.order.append((response.stream_id, len(event.data)))
                 response.chunks.append(event.data)
                 response.received += len(event.data)
         if getattr(event, "stream_ended", False):
@@ -214,6 +227,14 @@ class H3Client(QuicConnectionProtocol):
 
     async def request(self, path: str, timeout: float = 30, **kwargs: Any) -> Response:
         return await asyncio.wait_for(self.start(path, **kwargs).done, timeout)
+
+    def priority_update(self, stream_id: int, value: bytes) -> None:
+        """RFC 9218 PRIORITY_UPDATE for a request stream, on our control stream."""
+        payload = encode_uint_var(stream_id) + value
+        control = self.h3._local_control_stream_id
+        assert control is not None
+        self._quic.send_stream_data(control, encode_frame(0xF0700, payload))
+        self.transmit()
 
     def hold_credit(self, holding: bool) -> None:
         """Only for `slow_reader=True`: stop (or resume) giving the server receive credit."""

@@ -837,7 +837,11 @@ def test_download_to_slow_reader_is_bounded(
     buffers for the stream stay within quic_send_buffer (+ one 64 KiB app message)."""
     size = 10 * MiB
     limit = 256 * 1024
-    running = quic_server(run_server, tls_config, router(ROUTES), quic_send_buffer=limit)
+    # Send-ahead as large as the stream's bound, so that it is the stream's bound
+    # (not the scheduler's connection-wide one) that holds the bytes back here.
+    running = quic_server(
+        run_server, tls_config, router(ROUTES), quic_send_buffer=limit, quic_send_ahead=limit
+    )
     port = running.quic_port
     bound = limit + 65536 + 16  # one app message, one DATA frame header
     with Sampler(lambda: send_buffers(running)) as sampler:
