@@ -35,3 +35,11 @@ async def refuses_to_start(scope: dict[str, Any], receive: Any, send: Any) -> No
 
 
 not_callable = "I am a string"
+
+
+async def pathsend(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The file whose absolute path is the query string, by `http.response.pathsend`."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.pathsend", "path": scope["query_string"].decode()})

@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 from http import HTTPStatus
+from typing import Any
 
 import h11
 from wsproto.utilities import generate_accept_token
@@ -24,6 +25,28 @@ from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState
 logger = logging.getLogger("multiplex")
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+# sendfile() goes in pieces this big, each of which must get out within
+# send_stall_timeout: a reader that stops does not hold a file and a task forever.
+SENDFILE_PIECE = 1024 * 1024
+
+
+class _FileRange:
+    """Stands in for file bytes in h11's output: h11 frames it (content-length count,
+    chunk size line) by its length and hands it back untouched for sendfile."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def loop_can_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
+    """asyncio's loops do sendfile(2) on plain TCP transports; uvloop has no sendfile."""
+    return isinstance(loop, asyncio.BaseEventLoop)
 
 
 class H11Protocol(BaseConnection):
@@ -45,9 +68,15 @@ class H11Protocol(BaseConnection):
         self._h2c_pending: tuple[Request, bytes] | None = None
         self._ws_key = b""  # Sec-WebSocket-Key of the WebSocket handshake in progress
         self.upgraded = False  # after 101 to a WebSocket: the bytes are the stream's
+        self.zero_copy = False  # sendfile(2) possible: cleartext, on a loop that has it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.zero_copy = (
+            transport.get_extra_info("sslcontext") is None
+            and transport.get_extra_info("socket") is not None
+            and loop_can_sendfile(self.loop)
+        )
         self._arm_idle_timer()
 
     def start_with(self, transport: asyncio.Transport, data: bytes) -> None:
@@ -354,6 +383,49 @@ class H11Protocol(BaseConnection):
             self._response_complete()
         elif self.write_paused:
             await self.drain()
+
+    async def send_file(self, stream_id: int, fd: int, offset: int, count: int, end: bool) -> None:
+        """`count` bytes of the file from `offset` as body, by sendfile(2): the kernel
+        copies them from the page cache to the socket."""
+        if stream_id != self.stream_id or self.closed:
+            raise ClientDisconnected("connection closed")
+        marker = _FileRange(count)
+        try:
+            event = h11.Data(data=marker)  # type: ignore[arg-type]
+            out: list[Any] = self.conn.send_with_data_passthrough(event) or []
+        except h11.LocalProtocolError as exc:
+            self.close()
+            raise RuntimeError(f"invalid response body: {exc}") from None
+        with open(fd, "rb", closefd=False) as file:
+            for piece in out:
+                if piece is not marker:
+                    self.transport.write(piece)
+                    continue
+                sent = 0
+                while sent < count:
+                    size = min(SENDFILE_PIECE, count - sent)
+                    try:
+                        await asyncio.wait_for(
+                            self.loop.sendfile(self.transport, file, offset + sent, size),
+                            self.config.send_stall_timeout,
+                        )
+                    except asyncio.TimeoutError:
+                        logger.warning(
+                            "Connection from %s read too little of a file for"
+                            " send_stall_timeout = %s s: closing",
+                            self.info.client,
+                            self.config.send_stall_timeout,
+                        )
+                        self.abort()
+                        raise ClientDisconnected("send stalled") from None
+                    except (ConnectionError, RuntimeError) as exc:
+                        # RuntimeError: asyncio's "transport is closing".
+                        self.closed = True
+                        raise ClientDisconnected(str(exc)) from None
+                    sent += size
+        if end:
+            self.transport.write(self.conn.send(h11.EndOfMessage()))
+            self._response_complete()
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
         if stream_id != self.stream_id or self.closed:

@@ -16,12 +16,12 @@ import stat
 import time
 from collections import deque
 from email.utils import formatdate
-from typing import Any
+from typing import Any, cast
 
 from multiplex.errors import ClientDisconnected
 from multiplex.scheduling import DEFAULT_URGENCY, parse_priority
 from multiplex.streams.common import base_scope, log_access, start_app_task
-from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Wire
+from multiplex.streams.seam import ConnectionInfo, FileWire, Headers, Request, ServerState, Wire
 
 logger = logging.getLogger("multiplex")
 
@@ -67,6 +67,7 @@ _KNOWN = frozenset(
         "http.response.trailers",
         "http.response.early_hint",
         "http.response.pathsend",
+        "http.response.zerocopysend",
         "http.response.priority",
         "http.response.push",
     ]
@@ -152,6 +153,8 @@ class HTTPStream:
         request = self.request
         extensions = dict(info.extensions)
         extensions["http.response.pathsend"] = {}
+        if getattr(self.wire, "zero_copy", False):
+            extensions["http.response.zerocopysend"] = {}
         if request.trailers:
             extensions["http.response.trailers"] = {}
         if request.early_hints:
@@ -251,6 +254,10 @@ class HTTPStream:
         elif kind == "http.response.pathsend":
             if state == RESPONSE_STARTED:
                 await self._pathsend(message)
+                return
+        elif kind == "http.response.zerocopysend":
+            if (state == RESPONSE_STARTED or state == RESPONSE_BODY) and self._file_wire():
+                await self._zerocopysend(message)
                 return
         elif kind == "http.response.priority":
             if state <= RESPONSE_BODY:
@@ -445,6 +452,12 @@ class HTTPStream:
                 wire.send_head(self.stream_id, self.status, headers, end)
                 return
             wire.send_head(self.stream_id, self.status, headers, False)
+            file_wire = self._file_wire()
+            if file_wire is not None:
+                self.state = RESPONSE_DONE if end else RESPONSE_TRAILERS
+                self.body_bytes += size
+                await file_wire.send_file(self.stream_id, fd, 0, size, end)
+                return
             offset = 0
             while offset < size:
                 data = await loop.run_in_executor(
@@ -459,6 +472,48 @@ class HTTPStream:
                 await wire.send_body(self.stream_id, data, end and offset >= size)
         finally:
             os.close(fd)
+
+    def _file_wire(self) -> FileWire | None:
+        """The wire, if it can sendfile(2) on this connection."""
+        wire = self.wire
+        return cast(FileWire, wire) if getattr(wire, "zero_copy", False) else None
+
+    async def _zerocopysend(self, message: dict[str, Any]) -> None:
+        """asgiref Zero Copy Send: `count` bytes of an open file from `offset` (default:
+        its current position, to its end), by sendfile(2)."""
+        file = message.get("file")
+        try:
+            fd = file.fileno()  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            raise TypeError(
+                f"http.response.zerocopysend: file must be an open OS-level file, got {file!r}"
+            ) from None
+        offset = message.get("offset")
+        count = message.get("count")
+        more = bool(message.get("more_body", False))
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        if count is None:
+            count = max(0, os.fstat(fd).st_size - offset)
+        if type(offset) is not int or type(count) is not int or offset < 0 or count < 0:
+            raise ValueError(
+                "http.response.zerocopysend: offset and count must be ints >= 0,"
+                f" got {offset!r}, {count!r}"
+            )
+        if self.disconnected:
+            raise ClientDisconnected(f"stream {self.stream_id}: client disconnected")
+        if self.head_only or _no_body_status(self.status) or count == 0:
+            await self._send_body({"body": b"", "more_body": more})
+            return
+        end = not more and not self.trailers
+        if self.state == RESPONSE_STARTED:
+            self.state = RESPONSE_BODY
+            known = count if end else None
+            self.wire.send_head(self.stream_id, self.status, self._final_headers(known), False)
+        if not more:
+            self.state = RESPONSE_DONE if end else RESPONSE_TRAILERS
+        self.body_bytes += count
+        await cast(FileWire, self.wire).send_file(self.stream_id, fd, offset, count, end)
 
     # --- the app task ----------------------------------------------------------------
 

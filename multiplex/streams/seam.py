@@ -57,6 +57,16 @@ class Wire(Protocol):
         override of the client's signal). A no-op where nothing is multiplexed."""
 
 
+class FileWire(Wire, Protocol):
+    """A `Wire` that can send file bytes without copying them through Python."""
+
+    zero_copy: bool  # send_file works on this connection (it may change per connection)
+
+    async def send_file(self, stream_id: int, fd: int, offset: int, count: int, end: bool) -> None:
+        """Send `count` bytes of the open file `fd` from `offset` as body (sendfile(2)),
+        with the same backpressure and errors as `send_body`."""
+
+
 class WebSocketWire(Wire, Protocol):
     """A `Wire` that can carry WebSockets: the one verb where protocols differ.
 

@@ -5,10 +5,12 @@ the h2 library (tests/protocols/rawh2.py) and aioquic (tests/protocols/h3client.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,7 +21,7 @@ import h11
 import httpx
 import pytest
 
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, require_tool
 from tests.protocols.h3client import h3_connect
 from tests.protocols.rawh2 import H2Client
 
@@ -76,6 +78,25 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     elif path == "/file":
         await send({**start, "headers": [(b"content-type", b"application/octet-stream")]})
         await send({"type": "http.response.pathsend", "path": query})
+    elif path == "/zerocopy":
+        # `?PATH:OFFSET:COUNT`, sent in two messages: the range, then the rest of the file
+        # from the position the first left (offset and count omitted).
+        name, offset, count = query.rsplit(":", 2)
+        with open(name, "rb") as file:
+            await send(start)
+            await send(
+                {
+                    "type": "http.response.zerocopysend",
+                    "file": file,
+                    "offset": int(offset),
+                    "count": int(count),
+                    "more_body": True,
+                }
+            )
+            await send({"type": "http.response.zerocopysend", "file": file})
+    elif path == "/zerocopy-bad":
+        await send(start)
+        await send({"type": "http.response.zerocopysend", "file": io.BytesIO(b"no fd")})
     elif path == "/file-trailers":
         await send({**start, "trailers": True})
         await send({"type": "http.response.pathsend", "path": query})
@@ -228,7 +249,8 @@ def test_extensions_listed(protocol: str, servers: tuple[int, int], dev_certs: A
     names = json.loads(result.body)["names"]
     for name in ("http.response.early_hint", "http.response.pathsend", "http.response.trailers"):
         assert name in names
-    assert "http.response.zerocopysend" not in names
+    # sendfile(2) on cleartext HTTP/1.1 only (these servers run on asyncio's loop).
+    assert ("http.response.zerocopysend" in names) == (protocol == "h1")
     assert ("tls" in names) == (protocol == "h3")  # h1/h2 here are cleartext
 
 
@@ -412,3 +434,52 @@ def test_pathsend_head(protocol: str, servers: tuple[int, int], tmp_path: Path) 
             response = client.get(f"/file?{path}", method="HEAD")
         assert response.status == 200 and bytes(response.body) == b""
         assert dict(response.headers)[b"content-length"] == b"1000"
+
+
+def test_zerocopysend_on_cleartext_http1(servers: tuple[int, int], tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    path.write_bytes(data)
+    result = h1_fetch(servers[0], f"/zerocopy?{path}:100:2000000")
+    assert result.status == 200 and not result.reset
+    assert result.header(b"transfer-encoding") == b"chunked"  # more_body: length unknown
+    # 2,000,000 bytes from offset 100, then the rest from where sendfile left the file.
+    assert result.body == data[100:2_000_100] + data[2_000_100:]
+
+
+def test_zerocopysend_without_a_file_descriptor_fails_the_response(
+    servers: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="multiplex"):
+        result = h1_fetch(servers[0], "/zerocopy-bad")
+    assert result.status == 500
+    assert "zerocopysend" in caplog.text
+
+
+def test_early_hints_seen_by_curl_over_http2(servers: tuple[int, int]) -> None:
+    require_tool("curl")
+    result = subprocess.run(
+        ["curl", "-sS", "-v", "--http2-prior-knowledge", f"http://127.0.0.1:{servers[0]}/hints"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "< HTTP/2 103" in result.stderr
+    for link in LINKS:
+        assert f"< link: {link.decode()}" in result.stderr
+    assert "< HTTP/2 200" in result.stderr
+    assert result.stdout == "hinted"
+
+
+def test_httpx_over_http2_gets_the_final_response_after_early_hints(
+    servers: tuple[int, int],
+) -> None:
+    with httpx.Client(http1=False, http2=True) as client:
+        response = client.get(f"http://127.0.0.1:{servers[0]}/hints")
+    assert (response.http_version, response.status_code, response.text) == (
+        "HTTP/2",
+        200,
+        "hinted",
+    )
