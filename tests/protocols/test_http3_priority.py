@@ -145,3 +145,18 @@ def test_incremental_streams_interleave(
     order = scenario(running.quic_port, ca(dev_certs), steps)
     # Each stream comes back many times: they take turns rather than one finishing first.
     assert len(order) >= 9, order
+
+
+def test_priority_update_for_no_request_stream_is_h3_id_error(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    running = quic_server(run_server, tls_config, app)
+
+    async def steps() -> Any:
+        async with h3_connect(running.quic_port, ca(dev_certs)) as h3:
+            h3.priority_update(2, b"u=1")  # a unidirectional stream's ID
+            await asyncio.wait_for(h3.closed, 10)
+            return h3.terminated
+
+    terminated = run_async(steps())
+    assert terminated is not None and terminated.error_code == 0x108, terminated
