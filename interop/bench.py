@@ -2,6 +2,11 @@
 driven by h2load in the same run. Prints requests/s for each and the ratio.
 
     python -m interop.bench [--requests 100000] [--clients 10] [--streams 10] [--tls|--h2c]
+        [--path /bytes/16384] [--h2load-args="-W16"]
+        [--servers multiplex,multiplex:--no-priorities,hypercorn]
+
+A server name may carry extra command-line arguments after a colon (comma-free), so
+one run can compare multiplex configurations with each other and with Hypercorn.
 
 Only loopback; each server is started here and stopped by its PID. Figures from a
 2-core machine are noisy: compare the ratio, not the absolute numbers.
@@ -45,6 +50,7 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30
 
 def server_command(name: str, port: int, tls: bool, certs: tuple[str, str] | None) -> list[str]:
     python = sys.executable
+    name, _, extra = name.partition(":")
     if name == "multiplex":
         cmd = [python, "-m", "multiplex", APP, "--bind", f"127.0.0.1:{port}", "--no-access-log"]
         cmd += ["--log-level", "warning"]
@@ -52,7 +58,7 @@ def server_command(name: str, port: int, tls: bool, certs: tuple[str, str] | Non
             cmd += ["--certfile", certs[0], "--keyfile", certs[1]]
         else:
             cmd += ["--h2c"]
-        return cmd
+        return cmd + extra.split()
     if name == "hypercorn":
         cmd = [python, "-m", "hypercorn", APP, "--bind", f"127.0.0.1:{port}"]
         # Hypercorn ends an HTTP/2 connection after 1000 requests by default, which
@@ -64,9 +70,11 @@ def server_command(name: str, port: int, tls: bool, certs: tuple[str, str] | Non
     raise ValueError(name)
 
 
-def run_h2load(url: str, requests: int, clients: int, streams: int) -> float:
+def run_h2load(
+    url: str, requests: int, clients: int, streams: int, extra: list[str] | None = None
+) -> float:
     out = subprocess.run(
-        ["h2load", f"-n{requests}", f"-c{clients}", f"-m{streams}", url],
+        ["h2load", f"-n{requests}", f"-c{clients}", f"-m{streams}", *(extra or []), url],
         capture_output=True,
         text=True,
         timeout=600,
@@ -87,9 +95,10 @@ def bench(name: str, args: argparse.Namespace, certs: tuple[str, str] | None) ->
     try:
         wait_listening(port, proc)
         scheme = "https" if args.tls else "http"
-        url = f"{scheme}://127.0.0.1:{port}/"
-        run_h2load(url, min(2000, args.requests), args.clients, args.streams)  # warm-up
-        return run_h2load(url, args.requests, args.clients, args.streams)
+        url = f"{scheme}://127.0.0.1:{port}{args.path}"
+        extra = args.h2load_args.split()
+        run_h2load(url, min(2000, args.requests), args.clients, args.streams, extra)  # warm-up
+        return run_h2load(url, args.requests, args.clients, args.streams, extra)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -108,6 +117,8 @@ def main() -> int:
     mode.add_argument("--tls", action="store_true", default=True, help="HTTP/2 over TLS (default)")
     mode.add_argument("--h2c", dest="tls", action="store_false", help="cleartext HTTP/2")
     parser.add_argument("--servers", default="multiplex,hypercorn")
+    parser.add_argument("--path", default="/", help="`/bytes/N` for N-byte responses")
+    parser.add_argument("--h2load-args", default="", help="extra h2load options, e.g. -W16")
     args = parser.parse_args()
     if shutil.which("h2load") is None:
         print("h2load not found: apt-get install nghttp2-client", file=sys.stderr)
@@ -122,8 +133,10 @@ def main() -> int:
     for name in args.servers.split(","):
         results[name] = bench(name, args, certs)
         print(f"{name:10s} {results[name]:10.0f} req/s", flush=True)
-    if "multiplex" in results and "hypercorn" in results:
-        print(f"ratio multiplex/hypercorn: {results['multiplex'] / results['hypercorn']:.2f}x")
+    if "hypercorn" in results:
+        for name, rate in results.items():
+            if name.startswith("multiplex"):
+                print(f"ratio {name}/hypercorn: {rate / results['hypercorn']:.2f}x")
     return 0
 
 

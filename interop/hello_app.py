@@ -14,11 +14,20 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    path = scope["path"]
+    if path.startswith("/bytes/"):
+        # `/bytes/N`: N bytes, for benchmarks where responses compete for the windows.
+        body = b"x" * int(path[7:])
+    else:
+        body = b"Hello, world!"
     await send(
         {
             "type": "http.response.start",
             "status": 200,
-            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"13")],
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
-    await send({"type": "http.response.body", "body": b"Hello, world!"})
+    await send({"type": "http.response.body", "body": body})
