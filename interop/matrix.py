@@ -123,7 +123,8 @@ CASES: dict[str, Case] = {
         Case("ecn", "ecn", [1 * KB]),
         Case("amplificationlimit", "transfer", [5 * KB]),
         Case("handshakeloss", "multiconnect", [1 * KB] * 50),
-        Case("transferloss", "transfer", [2 * MB], quick_sizes=[512 * KB]),
+        # Big enough that the client's few outgoing packets (mostly ACKs) lose one too.
+        Case("transferloss", "transfer", [2 * MB], quick_sizes=[2 * MB]),
         Case("handshakecorruption", "multiconnect", [1 * KB] * 50),
         Case("transfercorruption", "transfer", [2 * MB]),
         Case("blackhole", "transfer", [10 * MB]),
@@ -666,7 +667,9 @@ def gtlsclient_client(run: Run) -> Result:
     if case == "transfer":
         options = ["--max-data=256K", "--max-stream-data-bidi-local=64K", "-q"]
     elif case == "transferloss":
-        options = ["--tx-loss=0.02", "--rx-loss=0.02"]
+        # The client sends ~10x fewer packets than it receives: a higher rate makes
+        # "no outgoing packet was lost" (a run that proves nothing) all but impossible.
+        options = ["--tx-loss=0.05", "--rx-loss=0.02"]
     elif case == "chacha20":
         options = ["--ciphers=NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305"]
     elif case == "keyupdate":
