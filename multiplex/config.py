@@ -228,6 +228,23 @@ class Config:
     quic_max_stream_data: int = _opt(
         256 * KiB, "QUIC: request body bytes one stream may have in flight before the app reads."
     )
+    webtransport: bool = _opt(
+        False,
+        "HTTP/3: accept WebTransport sessions (extended CONNECT `:protocol webtransport`)"
+        " and HTTP datagrams; announces SETTINGS_ENABLE_WEBTRANSPORT, H3_DATAGRAM and the"
+        " max_datagram_frame_size transport parameter.",
+    )
+    webtransport_max_sessions: int = _opt(
+        4, "WebTransport: sessions one HTTP/3 connection may have open at once."
+    )
+    webtransport_max_streams: int = _opt(
+        100, "WebTransport: streams the client may have open in one session; more are refused."
+    )
+    webtransport_max_datagrams: int = _opt(
+        128,
+        "WebTransport: datagrams waiting for the app (per session) or for the wire (per"
+        " connection); beyond, they are dropped and counted (datagrams are unreliable).",
+    )
     quic_send_ahead: int = _opt(
         64 * KiB,
         "QUIC: response bytes handed to the QUIC stack ahead of what it has sent, all"

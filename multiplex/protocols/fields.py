@@ -25,9 +25,12 @@ def response_fields(status: int, headers: Headers) -> Headers:
     return out
 
 
-def request_from_fields(fields: Iterable[tuple[bytes, bytes]]) -> Request | int:
+def request_from_fields(
+    fields: Iterable[tuple[bytes, bytes]], webtransport: bool = False
+) -> Request | int:
     """The request, or the status to refuse it with before any app sees it: 405 for a
-    plain CONNECT (we are no proxy), 501 for an extended CONNECT to another protocol.
+    plain CONNECT (we are no proxy), 501 for an extended CONNECT to another protocol
+    (WebTransport counts only where the connection enabled it).
     The library below has already checked which pseudo-headers are allowed."""
     method = path = authority = protocol = b""
     headers: Headers = []
@@ -50,10 +53,15 @@ def request_from_fields(fields: Iterable[tuple[bytes, bytes]]) -> Request | int:
         headers.append((b"cookie", b"; ".join(cookies)))
     if authority and not any(name == b"host" for name, _ in headers):
         headers.insert(0, (b"host", authority))
-    websocket = False
+    websocket = wt = False
     if method == b"CONNECT":
-        if protocol != b"websocket":
+        if protocol == b"webtransport" and webtransport:
+            wt = True
+        elif protocol != b"websocket":
             return 501 if protocol else 405
-        websocket = True
+        else:
+            websocket = True
     expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
-    return Request(method.decode("ascii"), path, headers, expect, websocket)
+    request = Request(method.decode("ascii"), path, headers, expect, websocket)
+    request.webtransport = wt
+    return request

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import H3Connection, ProtocolError, encode_frame
-from aioquic.h3.events import DataReceived, HeadersReceived
+from aioquic.h3.events import (
+    DatagramReceived,
+    DataReceived,
+    HeadersReceived,
+    WebTransportStreamDataReceived,
+)
 from aioquic.h3.exceptions import H3Error, NoAvailablePushIDError
 from aioquic.quic import events as quic_events
 from aioquic.quic.connection import NetworkAddress
@@ -22,8 +27,9 @@ from multiplex.errors import ClientDisconnected
 from multiplex.protocols.fields import STATUS, request_from_fields, response_fields
 from multiplex.protocols.h3control import PrioritySniffer, PriorityUpdate
 from multiplex.scheduling import DEFAULT_PRIORITY, PendingSend, Priority, Scheduler, parse_priority
-from multiplex.streams import open_stream
+from multiplex.streams import WebTransportStream, open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, Stream
+from multiplex.streams.webtransport import close_capsule
 
 if TYPE_CHECKING:
     from multiplex.protocols.quic import CreditedQuicConnection, QuicEndpoint
@@ -36,6 +42,12 @@ H3_INTERNAL_ERROR = 0x102
 H3_REQUEST_REJECTED = 0x10B
 H3_REQUEST_CANCELLED = 0x10C
 H3_ID_ERROR = 0x108
+# WebTransport over HTTP/3 (draft-ietf-webtrans-http3) error codes.
+WT_BUFFERED_STREAM_REJECTED = 0x3994BD84
+WT_SESSION_GONE = 0x170D7B68
+# Short header, connection ID, packet number, AEAD tag, DATAGRAM frame type and length,
+# quarter stream ID: what a datagram's packet spends besides the payload (generous).
+DATAGRAM_OVERHEAD = 64
 # An incremental response hands this much to QUIC per turn before the next one's turn.
 INCREMENTAL_CHUNK = 16 * 1024
 H3_GOAWAY_FRAME = 0x7
@@ -52,7 +64,7 @@ class H3Protocol:
         self.server = endpoint.server
         self.config = self.server.config
         self.quic = quic
-        self.h3 = H3Connection(quic)
+        self.h3 = H3Connection(quic, enable_webtransport=self.config.webtransport)
         self.loop = endpoint.loop
         self.info = ConnectionInfo(
             "3",
@@ -75,6 +87,11 @@ class H3Protocol:
         self._sniffer = PrioritySniffer()
         self._push_streams: dict[int, int] = {}  # push ID -> its stream
         self._last_handed = -1  # the stream the scheduler last gave data to QUIC for
+        # WebTransport: sessions by CONNECT stream, and each WebTransport stream's session.
+        self._wt_sessions: dict[int, WebTransportStream] = {}
+        self._wt_streams: dict[int, int] = {}
+        self._raw: set[int] = set()  # streams whose bytes go to QUIC unframed
+        self.datagrams_dropped = 0  # outgoing, when too many wait for the wire
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_scheduled = False
@@ -111,12 +128,19 @@ class H3Protocol:
             if kind is quic_events.StreamDataReceived or kind is quic_events.StreamReset:
                 # H3Connection closes the connection itself on an HTTP/3 protocol error.
                 for h3_event in self.h3.handle_event(event):
-                    if type(h3_event) is DataReceived:
-                        self._on_data(h3_event)
-                    elif type(h3_event) is HeadersReceived:
-                        self._on_headers(h3_event)
+                    h3_kind = type(h3_event)
+                    if h3_kind is DataReceived:
+                        self._on_data(h3_event)  # type: ignore[arg-type]
+                    elif h3_kind is HeadersReceived:
+                        self._on_headers(h3_event)  # type: ignore[arg-type]
+                    elif h3_kind is WebTransportStreamDataReceived:
+                        self._on_wt_stream(h3_event)  # type: ignore[arg-type]
                 if kind is quic_events.StreamReset:
-                    self._disconnect_stream(event.stream_id)  # type: ignore[attr-defined]
+                    stream_id = event.stream_id  # type: ignore[attr-defined]
+                    if stream_id in self._wt_streams:
+                        self._on_wt_reset(stream_id, event.error_code)  # type: ignore[attr-defined]
+                    else:
+                        self._disconnect_stream(stream_id)
             elif kind is quic_events.StopSendingReceived:
                 # The client no longer wants this response: stop it and tell the app.
                 stream_id = event.stream_id  # type: ignore[attr-defined]
@@ -133,6 +157,12 @@ class H3Protocol:
             elif kind is quic_events.HandshakeCompleted:
                 self.endpoint.handshake_done(self)
                 self.h3.handle_event(event)
+            elif kind is quic_events.DatagramFrameReceived:
+                for h3_event in self.h3.handle_event(event):
+                    if type(h3_event) is DatagramReceived:
+                        session = self._wt_sessions.get(h3_event.stream_id)
+                        if session is not None:
+                            session.feed_datagram(h3_event.data)
             else:
                 self.h3.handle_event(event)
             event = quic.next_event()
@@ -154,9 +184,17 @@ class H3Protocol:
         if stream_id > self._highest_request_id:
             self._highest_request_id = stream_id
         early = not self.quic.handshake_complete
-        request = request_from_fields(event.headers)
+        request = request_from_fields(event.headers, self.config.webtransport)
         if isinstance(request, int):
             self._refuse(stream_id, request)
+            return
+        if request.webtransport and len(self._wt_sessions) >= self.config.webtransport_max_sessions:
+            logger.info(
+                "HTTP/3 connection from %s: over webtransport_max_sessions = %d",
+                self.info.client,
+                self.config.webtransport_max_sessions,
+            )
+            self._refuse(stream_id, 429)
             return
         if early:
             # RFC 8470: this request may be a replay of 0-RTT data.
@@ -174,6 +212,8 @@ class H3Protocol:
         stream = open_stream(self, stream_id, request, self.info, self.server)
         self.streams[stream_id] = stream
         self.unread[stream_id] = 0
+        if isinstance(stream, WebTransportStream):
+            self._wt_sessions[stream_id] = stream
         stream.start()
         if event.stream_ended:
             stream.feed_end()
@@ -308,6 +348,9 @@ class H3Protocol:
     async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
         if self.closed or stream_id not in self.streams:
             raise ClientDisconnected(f"stream {stream_id} closed")
+        await self._send(stream_id, data, end)
+
+    async def _send(self, stream_id: int, data: bytes, end: bool) -> None:
         if not self._sched:
             # Nobody else is waiting to send: no order to keep, straight to QUIC.
             left = self._hand_over(stream_id, data, end, len(data))
@@ -363,7 +406,10 @@ class H3Protocol:
         else:
             chunk, rest = data[:size], data[size:]
         try:
-            self.h3.send_data(stream_id, chunk, end_stream=end and not rest)
+            if stream_id in self._raw:
+                self.quic.send_stream_data(stream_id, chunk, end and not rest)
+            else:
+                self.h3.send_data(stream_id, chunk, end_stream=end and not rest)
         except SEND_ERRORS as exc:
             raise ClientDisconnected(f"stream {stream_id}: {exc}") from None
         self._transmit_soon()
@@ -461,7 +507,7 @@ class H3Protocol:
         self._transmit_soon()
 
     def consumed(self, stream_id: int, n: int) -> None:
-        if n and stream_id in self.unread:
+        if n and stream_id in self.unread and self.unread[stream_id] >= n:
             self.unread[stream_id] -= n
             self.quic.consume(stream_id, n)
             if not self.closed:
@@ -547,6 +593,8 @@ class H3Protocol:
         self._transmit_soon()
 
     def stream_complete(self, stream_id: int) -> None:
+        if self._wt_sessions.pop(stream_id, None) is not None:
+            self.wt_end_session(stream_id)
         self.streams.pop(stream_id, None)
         self.quic.forget(stream_id, self.unread.pop(stream_id, 0))
         self._drop_pending(stream_id)
@@ -564,6 +612,137 @@ class H3Protocol:
         if not self.streams and self._goaway_id is not None:
             self._close_when_drained = True  # once the last responses are delivered
         self._transmit_soon()
+
+    # --- WebTransport ------------------------------------------------------------------
+
+    def _on_wt_stream(self, event: WebTransportStreamDataReceived) -> None:
+        stream_id = event.stream_id
+        session_id = self._wt_streams.get(stream_id)
+        if session_id is None:
+            session = self._wt_sessions.get(event.session_id)
+            if session is None or session.disconnected:
+                self._refuse_wt_stream(stream_id, "for no open session")
+                return
+            if session.open_streams >= self.config.webtransport_max_streams:
+                self._refuse_wt_stream(stream_id, "over webtransport_max_streams")
+                return
+            session_id = self._wt_streams[stream_id] = event.session_id
+            self.unread[stream_id] = 0
+            if stream_id % 4 == 2:
+                self.quic.credited_uni.add(stream_id)
+        session = self._wt_sessions.get(session_id)
+        if session is None:
+            return
+        data = event.data
+        if data:
+            self.unread[stream_id] += len(data)
+            self.quic.unread += len(data)
+        session.feed_stream(stream_id, data, event.stream_ended)
+        if event.stream_ended and stream_id % 4 == 2:
+            self._forget_wt_stream(stream_id)  # a client's unidirectional stream is done
+
+    def _refuse_wt_stream(self, stream_id: int, why: str) -> None:
+        logger.info(
+            "HTTP/3 WebTransport stream %s from %s refused: %s", stream_id, self.info.client, why
+        )
+        try:
+            self.quic.stop_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
+            if stream_id % 4 == 0:
+                self.quic.reset_stream(stream_id, WT_BUFFERED_STREAM_REJECTED)
+        except (AssertionError, ValueError):
+            pass
+        self._transmit_soon()
+
+    def _on_wt_reset(self, stream_id: int, code: int) -> None:
+        session = self._wt_sessions.get(self._wt_streams.get(stream_id, -1))
+        self._fail_pending(stream_id, "reset by the client")
+        if session is not None:
+            session.feed_stream_reset(stream_id, code)
+        if stream_id % 4 == 2:
+            self._forget_wt_stream(stream_id)
+
+    def _forget_wt_stream(self, stream_id: int) -> None:
+        """Done with a WebTransport stream: what the app left unread frees its credit."""
+        self._wt_streams.pop(stream_id, None)
+        self._raw.discard(stream_id)
+        self._drop_pending(stream_id)
+        self._sched.forget(stream_id)
+        self.quic.forget(stream_id, self.unread.pop(stream_id, 0))
+
+    def accept_webtransport(self, session_id: int, headers: Headers) -> None:
+        if self.closed or session_id not in self.streams:
+            raise ClientDisconnected(f"stream {session_id} closed")
+        out = response_fields(200, [(b"sec-webtransport-http3-draft", b"draft02"), *headers])
+        try:
+            self.h3.send_headers(session_id, out)
+        except SEND_ERRORS as exc:
+            raise ClientDisconnected(f"stream {session_id}: {exc}") from None
+        self._transmit_soon()
+
+    def wt_open(self, session_id: int, unidirectional: bool) -> int:
+        if self.closed:
+            raise ClientDisconnected("connection closed")
+        stream_id = self.h3.create_webtransport_stream(session_id, is_unidirectional=unidirectional)
+        self._wt_streams[stream_id] = session_id
+        self._raw.add(stream_id)
+        if not unidirectional:
+            self.unread[stream_id] = 0  # the client may answer on it
+        self._transmit_soon()
+        return stream_id
+
+    def wt_stream_of(self, stream_id: int, session_id: int) -> bool:
+        return self._wt_streams.get(stream_id) == session_id and stream_id % 4 != 2
+
+    async def wt_send(self, stream_id: int, data: bytes, end: bool) -> None:
+        if self.closed or stream_id not in self._wt_streams:
+            raise ClientDisconnected(f"WebTransport stream {stream_id} closed")
+        self._raw.add(stream_id)  # a client's bidirectional stream, answered unframed
+        await self._send(stream_id, data, end)
+
+    def wt_send_datagram(self, session_id: int, data: bytes) -> None:
+        quic = self.quic
+        remote = quic._remote_max_datagram_frame_size
+        if remote is None:
+            raise ValueError("webtransport.datagram.send: the client takes no datagrams")
+        # A DATAGRAM frame travels in one packet: the packet's room less its header,
+        # the AEAD tag, the frame header and the session's quarter stream ID.
+        limit = min(remote, quic._max_datagram_size) - DATAGRAM_OVERHEAD
+        if len(data) > limit:
+            raise ValueError(
+                f"webtransport.datagram.send: {len(data)} bytes do not fit in one QUIC packet"
+                f" (at most {limit} on this connection)"
+            )
+        if len(quic._datagrams_pending) >= self.config.webtransport_max_datagrams:
+            self.datagrams_dropped += 1  # unreliable by definition: dropped, not queued
+            return
+        self.h3.send_datagram(session_id, data)
+        self._transmit_soon()
+
+    def wt_reset(self, stream_id: int, code: int) -> None:
+        try:
+            if stream_id % 4 != 2:
+                self.quic.reset_stream(stream_id, code)
+            if stream_id % 4 in (0, 2):
+                self.quic.stop_stream(stream_id, code)
+        except (AssertionError, ValueError):
+            pass
+        self._fail_pending(stream_id, "reset")
+        self._forget_wt_stream(stream_id)
+        self._transmit_soon()
+
+    def wt_close(self, session_id: int, code: int, reason: str) -> None:
+        if self.closed or session_id not in self.streams:
+            return
+        try:
+            self.h3.send_data(session_id, close_capsule(code, reason), end_stream=True)
+        except SEND_ERRORS:
+            pass
+        self._transmit_soon()
+
+    def wt_end_session(self, session_id: int) -> None:
+        for stream_id, owner in list(self._wt_streams.items()):
+            if owner == session_id:
+                self.wt_reset(stream_id, WT_SESSION_GONE)
 
     # --- life cycle ----------------------------------------------------------------
 

@@ -71,6 +71,9 @@ class CreditedQuicConnection(QuicConnection):
         self.stream_consumed: dict[int, int] = {}
         self.unread = 0
         self._discounted: set[int] = set()
+        # Client unidirectional streams whose data goes to apps (WebTransport): credited
+        # like request streams, unlike HTTP/3's own control and QPACK streams.
+        self.credited_uni: set[int] = set()
 
     def _derive_reset_tokens(self) -> None:
         """Stateless reset tokens derived from the connection ID (RFC 9000 section
@@ -102,6 +105,7 @@ class CreditedQuicConnection(QuicConnection):
         self.stream_consumed.pop(stream_id, None)
         self.unread -= unread
         self._discounted.discard(stream_id)
+        self.credited_uni.discard(stream_id)
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         limit = self._local_max_data
@@ -118,7 +122,11 @@ class CreditedQuicConnection(QuicConnection):
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
         stream_id = stream.stream_id
-        if stream_id is None or stream_id % 4 != CLIENT_BIDI or not stream.max_stream_data_local:
+        if (
+            stream_id is None
+            or (stream_id % 4 != CLIENT_BIDI and stream_id not in self.credited_uni)
+            or not stream.max_stream_data_local
+        ):
             super()._write_stream_limits(builder, space, stream)
             return
         target = self.stream_consumed.get(stream_id, 0) + self.stream_window
@@ -228,6 +236,9 @@ def quic_configuration(config: Config) -> QuicConfiguration:
         max_data=config.quic_max_data,
         max_stream_data=config.quic_max_stream_data,
         congestion_control_algorithm=config.quic_congestion_control,
+        # HTTP datagrams (RFC 9297) need the DATAGRAM frame (RFC 9221), only for
+        # WebTransport; without it a client may not send any.
+        max_datagram_frame_size=65536 if config.webtransport else None,
     )
     try:
         configuration.load_cert_chain(config.certfile, config.keyfile)

@@ -87,6 +87,38 @@ class WebSocketWire(Wire, Protocol):
         ...
 
 
+class WebTransportWire(Wire, Protocol):
+    """What a WebTransport session asks of its HTTP/3 connection. `session_id` is the
+    CONNECT stream's ID; WebTransport streams are QUIC streams of that session."""
+
+    def accept_webtransport(self, session_id: int, headers: Headers) -> None:
+        """Answer the extended CONNECT with 200 (and these extra headers)."""
+
+    def wt_open(self, session_id: int, unidirectional: bool) -> int:
+        """Open a server-initiated stream in the session; its stream ID."""
+        ...
+
+    async def wt_send(self, stream_id: int, data: bytes, end: bool) -> None:
+        """Stream data, with the backpressure of `send_body`."""
+
+    def wt_send_datagram(self, session_id: int, data: bytes) -> None:
+        """An HTTP datagram (RFC 9297) for the session; ValueError if it cannot fit in
+        a QUIC packet. Dropped (unreliable, counted) when too many wait to go out."""
+
+    def wt_reset(self, stream_id: int, code: int) -> None:
+        """Abort a stream of the session both ways."""
+
+    def wt_close(self, session_id: int, code: int, reason: str) -> None:
+        """CLOSE_WEBTRANSPORT_SESSION capsule, then FIN on the CONNECT stream."""
+
+    def wt_end_session(self, session_id: int) -> None:
+        """The session is over: reset what is left of its streams, forget them."""
+
+    def wt_stream_of(self, stream_id: int, session_id: int) -> bool:
+        """Whether `stream_id` is an open stream of this session we may send on."""
+        ...
+
+
 class Stream(Protocol):
     """What a wire protocol may ask of a stream (HTTP or WebSocket) it carries."""
 
@@ -119,6 +151,7 @@ class Request:
         "raw_target",
         "trailers",
         "websocket",
+        "webtransport",
     )
 
     def __init__(
@@ -137,6 +170,8 @@ class Request:
         # extended CONNECT with `:protocol websocket`) and checked what is its own to
         # check (h1: the key); the stream does the rest.
         self.websocket = websocket
+        # An HTTP/3 extended CONNECT with `:protocol webtransport`, where enabled.
+        self.webtransport = False
         # What the client can take, as the wire protocol knows it: response trailers
         # (HTTP/1.1 only with `TE: trailers`) and 1xx responses (never to HTTP/1.0).
         self.trailers = True
