@@ -231,7 +231,8 @@ def cmd_serve(argv: list[str]) -> int:
 
 def cmd_demo(argv: list[str]) -> int:
     values, config_file = _given(demo_parser().parse_args(argv))
-    config = load_config(values, config_file, base={"bind": [DEMO_BIND]})
+    # The demo shows WebTransport too (its page opens a session); --no-webtransport wins.
+    config = load_config(values, config_file, base={"bind": [DEMO_BIND], "webtransport": True})
     # Forced after loading: a MULTIPLEX_APP in the environment must not replace the demo.
     config = config.replace(app=DEMO_APP, factory=False)
     if config.certfile is None:

@@ -10,6 +10,7 @@ panel or with curl:
     POST /echo              streams the request body back as it arrives
     POST /echo?sha256       the body's sha256 and size instead
     GET  /stream?n=&interval=  n lines, one every interval seconds, each flushed
+    WebTransport /wt        (HTTP/3) echoes datagrams and streams; the page tries it
 
 Try `curl --cacert certs/ca.pem https://localhost:8443/stream -N` or
 `curl --cacert certs/ca.pem -X POST -T big.file 'https://localhost:8443/echo?sha256'`.
@@ -47,6 +48,47 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     elif scope["type"] == "websocket":
         # Closing before accepting makes the server reject the handshake (403).
         await send({"type": "websocket.close", "code": 1000})
+    elif scope["type"] == "webtransport":
+        await webtransport_echo(scope, receive, send)
+
+
+async def webtransport_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """WebTransport at /wt: every datagram comes back as it is, every bidirectional
+    stream's bytes come back on it, every unidirectional stream's on a new one."""
+    await receive()  # webtransport.connect
+    if scope["path"] != "/wt":
+        await send({"type": "webtransport.close", "status": 404})
+        return
+    await send({"type": "webtransport.accept"})
+    incoming: dict[int, bytearray] = {}
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "webtransport.disconnect":
+            return
+        if kind == "webtransport.datagram.receive":
+            await send({"type": "webtransport.datagram.send", "data": message["data"]})
+        elif kind == "webtransport.stream.receive":
+            stream, data, end = message["stream"], message["data"], message["end"]
+            if stream % 4 == 2:  # the browser's unidirectional stream: answer on our own
+                buffered = incoming.setdefault(stream, bytearray())
+                buffered += data
+                if end:
+                    del incoming[stream]
+                    await send(
+                        {
+                            "type": "webtransport.stream.open",
+                            "unidirectional": True,
+                            "data": bytes(buffered),
+                            "end": True,
+                        }
+                    )
+            else:
+                await send(
+                    {"type": "webtransport.stream.send", "stream": stream, "data": data, "end": end}
+                )
+        elif kind == "webtransport.stream.reset":
+            incoming.pop(message["stream"], None)
 
 
 async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
@@ -331,6 +373,11 @@ INDEX_HTML = """\
   </form>
   <pre id="digest"></pre>
 
+  <h2>WebTransport (HTTP/3)</h2>
+  <p>A session to <code>/wt</code> on this server over HTTP/3: one datagram and one
+  bidirectional stream, echoed. <button id="wt-run">Run again</button></p>
+  <pre id="wt">not run</pre>
+
   <h2>Streaming</h2>
   <p><a href="/stream?n=20&amp;interval=0.25">/stream?n=20&amp;interval=0.25</a>:
   twenty lines, a quarter second apart, each sent as it is written.</p>
@@ -358,6 +405,47 @@ fetch("/api/info")
   .catch((error) => {
     document.getElementById("info").textContent = "failed: " + error;
   });
+
+// WebTransport: a datagram and a bidirectional stream to /wt, echoed by the server.
+// The result also lands in window.wtResult, which the tests read.
+async function webTransportEcho() {
+  const out = document.getElementById("wt");
+  if (!("WebTransport" in window)) {
+    out.textContent = "this browser has no WebTransport";
+    return (window.wtResult = { error: "no WebTransport" });
+  }
+  out.textContent = "connecting...";
+  try {
+    const started = performance.now();
+    const session = new WebTransport("https://" + location.host + "/wt");
+    await session.ready;
+    const writer = session.datagrams.writable.getWriter();
+    const reader = session.datagrams.readable.getReader();
+    await writer.write(new TextEncoder().encode("datagram ping"));
+    const datagram = new TextDecoder().decode((await reader.read()).value);
+    const stream = await session.createBidirectionalStream();
+    const streamWriter = stream.writable.getWriter();
+    await streamWriter.write(new TextEncoder().encode("stream ping"));
+    await streamWriter.close();
+    let echoed = "";
+    const streamReader = stream.readable.getReader();
+    for (;;) {
+      const { value, done } = await streamReader.read();
+      if (done) break;
+      echoed += new TextDecoder().decode(value);
+    }
+    const ms = Math.round(performance.now() - started);
+    session.close();
+    out.textContent = "datagram: " + datagram + "\\nstream: " + echoed + "\\n" + ms + " ms";
+    return (window.wtResult = { datagram, stream: echoed, ms });
+  } catch (error) {
+    out.textContent = "WebTransport failed: " + error;
+    return (window.wtResult = { error: String(error) });
+  }
+}
+document.getElementById("wt-run").addEventListener("click", webTransportEcho);
+window.webTransportEcho = webTransportEcho;
+if (location.protocol === "https:") webTransportEcho();
 
 document.getElementById("upload").addEventListener("submit", async (event) => {
   const file = event.target.elements.file.files[0];
