@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from typing import Any
 
 import pytest
@@ -290,3 +291,75 @@ def test_datagram_flood_is_dropped_and_counted(
     ((queued, dropped),) = scenario(running, dev_certs, steps)
     assert queued == 8
     assert dropped > 500, dropped  # of 2,000 sent (loopback UDP may lose a few itself)
+
+
+def test_reset_of_the_connect_stream_ends_the_session(server: Any, dev_certs: Any) -> None:
+    running, app = server
+
+    async def steps(client: WTClient) -> None:
+        session = await client.session("/echo")
+        client._quic.reset_stream(session.session_id, 0x10C)
+        client._quic.stop_stream(session.session_id, 0x10C)
+        client.transmit()
+        for _ in range(200):
+            if app.disconnects:
+                break
+            await asyncio.sleep(0.01)
+
+    scenario(running, dev_certs, steps)
+    assert len(app.disconnects) == 1, app.disconnects
+
+
+def test_lost_connection_ends_every_session_once(server: Any, dev_certs: Any) -> None:
+    running, app = server
+
+    async def steps(client: WTClient) -> None:
+        await client.session("/echo")
+        await client.session("/echo")
+
+    scenario(running, dev_certs, steps)  # leaving the block closes the QUIC connection
+    for _ in range(200):
+        if len(app.disconnects) >= 2:
+            break
+        time.sleep(0.01)
+    assert len(app.disconnects) == 2, app.disconnects
+
+
+def test_sessions_per_connection_are_limited(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    app = EchoApp()
+    running = quic_server(
+        run_server, tls_config, app, webtransport=True, webtransport_max_sessions=2
+    )
+
+    async def steps(client: WTClient) -> list[int]:
+        return [(await client.session("/echo")).status for _ in range(3)]
+
+    assert scenario(running, dev_certs, steps) == [200, 200, 429]
+
+
+def test_oversized_datagram_raises_in_the_app(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    errors: list[str] = []
+
+    async def big(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "webtransport.accept"})
+        try:
+            await send({"type": "webtransport.datagram.send", "data": b"x" * 5000})
+        except ValueError as exc:
+            errors.append(str(exc))
+        await send({"type": "webtransport.datagram.send", "data": b"small"})
+        await receive()
+
+    running = quic_server(run_server, tls_config, big, webtransport=True)
+
+    async def steps(client: WTClient) -> list[bytes]:
+        session = await client.session("/big")
+        await session.until(lambda: session.datagrams)
+        return session.datagrams
+
+    assert scenario(running, dev_certs, steps) == [b"small"]
+    assert len(errors) == 1 and "do not fit in one QUIC packet" in errors[0]
