@@ -363,3 +363,34 @@ def test_oversized_datagram_raises_in_the_app(
 
     assert scenario(running, dev_certs, steps) == [b"small"]
     assert len(errors) == 1 and "do not fit in one QUIC packet" in errors[0]
+
+
+def test_stream_data_the_app_does_not_read_stays_within_the_window(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    window = 256 * 1024
+
+    async def deaf(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "webtransport.accept"})
+        await asyncio.sleep(60)  # reads nothing more
+
+    running = quic_server(
+        run_server, tls_config, deaf, webtransport=True, quic_max_stream_data=window
+    )
+
+    def unread() -> int:
+        protocols = {p for e in running.server.quic_endpoints for p in e.connections.values()}
+        return max((n for p in protocols for s, n in p.unread.items() if s % 4 == 0), default=0)
+
+    async def steps(client: WTClient) -> int:
+        session = await client.session("/deaf")
+        stream = client.open_stream(session)
+        for _ in range(64):  # 4 MiB offered; the server's credit stops it long before
+            client.send(stream, b"z" * 65536)
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.5)
+        return int(running.call(unread))
+
+    held = scenario(running, dev_certs, steps)
+    assert window // 2 <= held <= window, held
