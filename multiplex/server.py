@@ -15,7 +15,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from multiplex.app import ASGIApp, load_app
+from multiplex.app import ASGIApp, adapt_app, load_app
 from multiplex.config import Config
 from multiplex.errors import StartupError
 from multiplex.lifespan import Lifespan
@@ -46,7 +46,7 @@ class Server:
 
     async def start(self) -> None:
         config = self.config
-        app = self._app if self._app is not None else load_app(config)
+        app = adapt_app(self._app, config) if self._app is not None else load_app(config)
         ssl_context: ssl.SSLContext | None = None
         if config.tls:
             from multiplex.tls import create_ssl_context
