@@ -507,3 +507,32 @@ def test_websocket_refused(run_server: Start) -> None:
         timeout=10,
     )
     assert reply.status_code == 403
+
+
+def test_client_leaving_mid_download_stops_the_app(run_server: Start) -> None:
+    """A client that goes away ends the app's iteration (send() raises in its thread) and
+    close() still runs: the thread is not left blocked on a dead stream."""
+    closed = threading.Event()
+    produced = 0
+
+    class Endless:
+        def __iter__(self) -> Iterator[bytes]:
+            nonlocal produced
+            while True:
+                produced += 1
+                yield b"x" * CHUNK
+
+        def close(self) -> None:
+            closed.set()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Endless:
+        start_response("200 OK", [])
+        return Endless()
+
+    server = run_server(app)
+    with httpx.Client(timeout=10) as client:
+        with client.stream("GET", f"{server.url}/") as reply:
+            for _ in reply.iter_raw(CHUNK):
+                break
+    assert closed.wait(10)
+    assert produced < 1000  # it stopped: far fewer than the 64 MiB a runaway would make
