@@ -107,6 +107,22 @@ def is_asgi2(app: Any) -> bool:
     return arity is not None and arity[0] <= 1 and arity[1] == 1
 
 
+def is_wsgi(app: Any) -> bool:
+    """A WSGI app (PEP 3333): a plain callable taking exactly `(environ, start_response)`,
+    such as a function, a Flask app or Django's WSGIHandler. ASGI 3 apps take three
+    arguments and ASGI 2 apps one, so the arity tells them apart; a class or anything
+    async is never WSGI."""
+    if getattr(app, "_asgi_single_callable", False) or getattr(app, "_asgi_double_callable", False):
+        return False
+    if inspect.isclass(app) or inspect.iscoroutinefunction(app):
+        return False
+    call = getattr(app, "__call__", None)  # noqa: B004 - we need the bound method itself
+    if call is not None and inspect.iscoroutinefunction(call):
+        return False
+    arity = _positional_arity(app)
+    return arity is not None and arity == (2, 2)
+
+
 def asgi2_to_asgi3(app2: ASGI2App) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         instance = app2(scope)
@@ -147,7 +163,19 @@ def load_app(config: Config) -> ASGIApp:
 
     if not callable(obj):
         raise StartupError(f"{where} is not callable (it is {_describe(obj)})")
-    if is_asgi2(obj):
+    return adapt_app(obj, config)
+
+
+def adapt_app(obj: Any, config: Config) -> ASGIApp:
+    """Make `obj` an ASGI 3 callable as `config.interface` says (auto: detect it)."""
+    interface = config.interface
+    if interface == "auto":
+        interface = "wsgi" if is_wsgi(obj) else "asgi2" if is_asgi2(obj) else "asgi3"
+    if interface == "wsgi":
+        from multiplex.wsgi import WSGIAdapter
+
+        return WSGIAdapter(obj, config.wsgi_threads)
+    if interface == "asgi2":
         app: ASGIApp = asgi2_to_asgi3(obj)
         return app
     return cast(ASGIApp, obj)

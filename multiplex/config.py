@@ -38,6 +38,41 @@ class Config:
         choices=("auto", "on", "off"),
     )
     root_path: str = _opt("", "ASGI root_path: the prefix the app is mounted under.")
+    interface: str = _opt(
+        "auto",
+        "What the app is: `auto` (detect: a callable taking `(environ, start_response)` is"
+        " WSGI, one taking `(scope)` is ASGI 2, anything else ASGI 3), `asgi3`, `asgi2`, `wsgi`.",
+        choices=("auto", "asgi3", "asgi2", "wsgi"),
+    )
+    wsgi_threads: int = _opt(
+        10,
+        "WSGI: threads running the app; a request holds one from the app's call until its"
+        " response is sent, and further requests wait for a free one.",
+    )
+
+    # --- behind a load balancer or proxy --------------------------------------------------
+    proxy_headers: bool = _opt(
+        False,
+        "Take the client address and scheme from `Forwarded` (or else `X-Forwarded-For` and"
+        " `X-Forwarded-Proto`) on connections from `forwarded_allow_ips`.",
+    )
+    forwarded_allow_ips: list[str] = field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        metadata={
+            "help": "Proxies trusted with `proxy_headers`, repeatable: IP addresses, CIDR"
+            " networks, or `*` for every peer. Unix-socket peers are always trusted.",
+            "repeat": True,
+        },
+    )
+    proxy_protocol: bool = _opt(
+        False,
+        "Every connection on the TCP and unix binds starts with a PROXY protocol v1 or v2"
+        " header (HAProxy `send-proxy`, `send-proxy-v2`) naming the client; connections"
+        " without a valid one are closed.",
+    )
+    proxy_protocol_timeout: float = _opt(
+        10.0, "Longest the PROXY protocol header of a new connection may take to arrive."
+    )
 
     # --- where to listen ---------------------------------------------------------
     bind: list[str] = _list(

@@ -13,9 +13,9 @@ import os
 import signal
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from multiplex.app import ASGIApp, load_app
+from multiplex.app import ASGIApp, adapt_app, load_app
 from multiplex.config import Config
 from multiplex.errors import StartupError
 from multiplex.lifespan import Lifespan
@@ -46,7 +46,7 @@ class Server:
 
     async def start(self) -> None:
         config = self.config
-        app = self._app if self._app is not None else load_app(config)
+        app = adapt_app(self._app, config) if self._app is not None else load_app(config)
         ssl_context: ssl.SSLContext | None = None
         if config.tls:
             from multiplex.tls import create_ssl_context
@@ -120,6 +120,8 @@ class Server:
             common["ssl"] = ssl_context
             common["ssl_handshake_timeout"] = self.config.tls_handshake_timeout
         try:
+            if self.config.proxy_protocol:
+                return _proxy_protocol_listener(where, state, ssl_context, self.config)
             if where.kind == "unix":
                 assert where.path is not None
                 with contextlib.suppress(FileNotFoundError):
@@ -181,6 +183,19 @@ class Server:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _proxy_protocol_listener(
+    where: Any, state: ServerState, ssl_context: ssl.SSLContext | None, config: Config
+) -> asyncio.Server:
+    from multiplex.proxy_protocol import ProxyProtocolListener, bind_sockets
+
+    def factory(client: tuple[str, int] | None) -> Dispatcher:
+        return Dispatcher(state, ssl_context is not None, client)
+
+    sockets = bind_sockets(where, config.backlog)
+    # Not an asyncio.Server, but has what Server uses of one (sockets, close, wait_closed).
+    return cast(asyncio.Server, ProxyProtocolListener(sockets, factory, ssl_context, config))
 
 
 def _is_socket(path: str) -> bool:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from multiplex.config import Config, fields
 from multiplex.errors import ConfigError
+from multiplex.proxy import check_entries
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -325,6 +326,12 @@ def validate(config: Config) -> None:
 
     for bind in config.bind:
         parse_bind(bind)
+
+    bad = check_entries(config.forwarded_allow_ips)
+    if bad is not None:
+        raise ConfigError(
+            f"--forwarded-allow-ips: {bad!r} is not an IP address, a CIDR network or *"
+        )
 
     _validate_tls(config)
     _validate_quic(config)

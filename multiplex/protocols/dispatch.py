@@ -22,9 +22,13 @@ def _address(value: Any) -> tuple[str, int] | None:
 
 
 class Dispatcher(asyncio.Protocol):
-    def __init__(self, server: ServerState, tls: bool) -> None:
+    def __init__(
+        self, server: ServerState, tls: bool, proxied_client: tuple[str, int] | None = None
+    ) -> None:
         self.server = server
         self.tls = tls
+        # The client a PROXY protocol header named; the peer address is the proxy's.
+        self.proxied_client = proxied_client
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
 
@@ -80,7 +84,7 @@ class Dispatcher(asyncio.Protocol):
         return ConnectionInfo(
             http_version,
             "https" if self.tls else "http",
-            _address(transport.get_extra_info("peername")),
+            self.proxied_client or _address(transport.get_extra_info("peername")),
             server,
             extensions,
             self.server.alt_svc,

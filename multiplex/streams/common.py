@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from multiplex.logs import access_line
+from multiplex.proxy import apply_proxy_headers
 from multiplex.streams.seam import ConnectionInfo, Request, ServerState
 
 access_logger = logging.getLogger("multiplex.access")
@@ -33,7 +34,7 @@ def base_scope(
         # As a proxy that strips the prefix would present it (ASGI: path includes it).
         path = root_path + path
         raw_path = root_path.encode() + raw_path
-    return {
+    scope = {
         "type": kind,
         "asgi": ASGI_VERSION,
         "http_version": info.http_version,
@@ -48,6 +49,9 @@ def base_scope(
         "state": server.lifespan_state.copy(),
         "extensions": extensions,
     }
+    if server.config.proxy_headers:
+        apply_proxy_headers(scope, server.config)
+    return scope
 
 
 def start_app_task(server: ServerState, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

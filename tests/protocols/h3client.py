@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -41,6 +41,8 @@ class Response:
         self.received = 0  # body bytes so far
         self.ended = False
         self.reset_code: int | None = None  # the server reset the stream (RESET_STREAM)
+        # Set to take body bytes as they come instead of keeping them (large bodies).
+        self.sink: Callable[[bytes], None] | None = None
         self.done: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
 
     @property
@@ -181,7 +183,10 @@ class H3Client(QuicConnectionProtocol):
         elif isinstance(event, DataReceived):
             if event.data:
                 self.order.append((response.stream_id, len(event.data)))
-                response.chunks.append(event.data)
+                if response.sink is not None:
+                    response.sink(event.data)
+                else:
+                    response.chunks.append(event.data)
                 response.received += len(event.data)
         if getattr(event, "stream_ended", False):
             response.ended = True
