@@ -4,6 +4,8 @@ trusted peers only, over HTTP/1.1, HTTP/2, HTTP/3 and WebSocket."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +58,24 @@ def test_x_forwarded_from_trusted_peer(run_server: Start) -> None:
     info = seen(server, {"x-forwarded-for": "203.0.113.7", "x-forwarded-proto": "https"})
     assert info["client"] == ["203.0.113.7", 0]
     assert info["scheme"] == "https"
+
+
+def test_access_log_names_the_forwarded_client(
+    run_server: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    access = logging.getLogger("multiplex.access")
+    caplog.set_level(logging.INFO, logger="multiplex.access")
+    access.addHandler(caplog.handler)  # whatever propagation another test left behind
+    try:
+        server = run_server(echo_app, proxy_headers=True, access_log=True)
+        seen(server, {"x-forwarded-for": "203.0.113.7"})
+        deadline = time.monotonic() + 10
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.01)  # the line is written once the app task has finished
+    finally:
+        access.removeHandler(caplog.handler)
+    lines = [r.getMessage() for r in caplog.records if r.name == "multiplex.access"]
+    assert lines and lines[0].startswith("203.0.113.7:0 "), lines
 
 
 def test_forwarded_wins_over_x_forwarded(run_server: Start) -> None:

@@ -63,14 +63,16 @@ def start_app_task(server: ServerState, coro: Coroutine[Any, Any, None]) -> asyn
 
 
 def log_access(
-    request: Request, info: ConnectionInfo, status: int, nbytes: int, start_time: float
+    request: Request, scope: dict[str, Any], status: int, nbytes: int, start_time: float
 ) -> None:
+    """One access line. The client is the scope's: behind a trusted proxy, the one the
+    proxy headers named rather than the proxy itself."""
     access_logger.info(
         access_line(
-            info.client,
+            scope["client"],
             request.method,
             request.raw_target.decode("latin-1"),
-            "HTTP/" + info.http_version,
+            "HTTP/" + scope["http_version"],
             status,
             nbytes,
             time.monotonic() - start_time,

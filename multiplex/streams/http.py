@@ -569,7 +569,7 @@ class HTTPStream:
 
     def _log_access(self) -> None:
         status = self.status if self.state == RESPONSE_DONE else 0
-        log_access(self.request, self.info, status, self.body_bytes, self.start_time)
+        log_access(self.request, self.scope, status, self.body_bytes, self.start_time)
 
 
 def _header_pairs(kind: str, items: Any) -> Headers:

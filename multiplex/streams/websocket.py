@@ -724,7 +724,7 @@ class WebSocketStream:
         return f"{peer} {self.request.raw_target.decode('latin-1')}"
 
     def _log_access(self) -> None:
-        log_access(self.request, self.info, self.status, self.body_bytes, self.start_time)
+        log_access(self.request, self.scope, self.status, self.body_bytes, self.start_time)
 
 
 _KNOWN = frozenset(

@@ -348,7 +348,7 @@ class WebTransportStream:
             self._finish(403)
         finally:
             if self.server.access_log:
-                log_access(self.request, self.info, self.status, 0, self.start_time)
+                log_access(self.request, self.scope, self.status, 0, self.start_time)
             self.wire.stream_complete(self.stream_id)
 
     def _finish(self, deny_status: int) -> None:
