@@ -605,6 +605,20 @@ MALFORMED_REQUESTS: dict[str, list[Header]] = {
     ],
     "8.2.2-upgrade": [METHOD, SCHEME, AUTHORITY, PATH, (b"upgrade", b"websocket")],
     "8.2.2-te-not-trailers": [METHOD, SCHEME, AUTHORITY, PATH, (b"te", b"gzip")],
+    "8.2.1-empty-name": [METHOD, SCHEME, AUTHORITY, PATH, (b"", b"x")],
+    "8.2.1-space-in-name": [METHOD, SCHEME, AUTHORITY, PATH, (b"x y", b"1")],
+    "8.2.1-colon-in-name": [METHOD, SCHEME, AUTHORITY, PATH, (b"x:y", b"1")],
+    "8.2.1-8bit-name": [METHOD, SCHEME, AUTHORITY, PATH, (b"x\xe9", b"1")],
+    "8.2.1-nul-in-value": [METHOD, SCHEME, AUTHORITY, PATH, (b"x", b"a\x00b")],
+    "8.2.1-lf-in-value": [METHOD, SCHEME, AUTHORITY, PATH, (b"x", b"a\nb")],
+    "8.2.1-cr-in-value": [METHOD, SCHEME, AUTHORITY, PATH, (b"x", b"a\rb")],
+    "8.2.1-leading-space": [METHOD, SCHEME, AUTHORITY, PATH, (b"x", b" a")],
+    "8.2.1-trailing-tab": [METHOD, SCHEME, AUTHORITY, PATH, (b"x", b"a\t")],
+    "8.3.1-host-differs-from-authority": [METHOD, SCHEME, AUTHORITY, PATH, (b"host", b"other")],
+    "8.3.1-two-hosts": [METHOD, SCHEME, PATH, (b"host", b"a"), (b"host", b"a")],
+    "8.3.1-no-authority-or-host": [METHOD, SCHEME, PATH],
+    "8.5-protocol-outside-connect": [METHOD, SCHEME, AUTHORITY, PATH, (b":protocol", b"x")],
+    "8.5-connect-with-path": [(b":method", b"CONNECT"), AUTHORITY, PATH],
 }
 
 
@@ -665,3 +679,29 @@ def test_6_8_graceful_shutdown_goaway_finishes_in_flight_streams(serve: Serve) -
     assert all(f.error_code == REFUSED_STREAM for f in on_stream_3), on_stream_3
     assert gate.completed == ["/wait"]
     assert not stopper.is_alive()
+
+
+@pytest.mark.parametrize(
+    "trailer",
+    [(b":path", b"/x"), (b"X-Upper", b"1"), (b"x", b"a\nb"), (b"connection", b"close")],
+    ids=["pseudo-header", "uppercase", "lf-in-value", "connection-specific"],
+)
+def test_8_1_malformed_trailers_are_protocol_error(
+    recorded: tuple[RunningServer, RawH2], trailer: Header
+) -> None:
+    """RFC 9113 sections 8.1 and 8.2: trailers carry no pseudo-headers and follow the
+    same field rules as the request head."""
+    _, conn = recorded
+    conn.send_headers(1, request_headers("/upload", method="POST"), end_stream=False)
+    conn.send_data(1, b"body", end_stream=False)
+    conn.send_headers(1, [trailer], end_stream=True)
+    outcome = conn.read_until_error(1)
+    assert_stream_or_connection_error(outcome, PROTOCOL_ERROR, 1)
+
+
+def test_8_1_valid_trailers_are_accepted(recorded: tuple[RunningServer, RawH2]) -> None:
+    _, conn = recorded
+    conn.send_headers(1, request_headers("/trailers", method="POST"), end_stream=False)
+    conn.send_data(1, b"body", end_stream=False)
+    conn.send_headers(1, [(b"x-checksum", b"abc")], end_stream=True)
+    assert conn.read_response(1).status == 200
