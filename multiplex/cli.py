@@ -213,6 +213,11 @@ def _given(namespace: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
 
 def _start(config: Config) -> int:
     """Logging, event loop, then the server: the part every serving command shares."""
+    if config.workers > 1 or config.reload:
+        configure_logging(config)
+        from multiplex.supervisor import run_supervisor
+
+        return run_supervisor(config)
     install_event_loop(config)
     configure_logging(config)
     from multiplex.server import run  # late: `certs` and `--help` need none of it

@@ -130,6 +130,19 @@ class Config:
         16, "Most pushes one request's app may start; later `http.response.push` are dropped."
     )
 
+    workers: int = _opt(
+        1,
+        "Worker processes. Above 1, a supervisor runs them on the same ports"
+        " (SO_REUSEPORT), restarts one that dies, reloads them gracefully on SIGHUP and"
+        " stops them all on SIGTERM.",
+    )
+    reload: bool = _opt(
+        False,
+        "Development: restart the server when a .py file under `app_dir` (or"
+        " `reload_dirs`) changes.",
+    )
+    reload_dirs: list[str] = _list("Extra directories `reload` watches.", repeat=True)
+
     # --- timeouts (seconds) --------------------------------------------------------
     graceful_timeout: float = _opt(
         30.0, "On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled."

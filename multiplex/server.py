@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from multiplex.app import ASGIApp, adapt_app, load_app
@@ -30,9 +31,13 @@ logger = logging.getLogger("multiplex")
 
 
 class Server:
-    def __init__(self, config: Config, app: ASGIApp | None = None) -> None:
+    def __init__(
+        self, config: Config, app: ASGIApp | None = None, *, reuse_port: bool = False
+    ) -> None:
         self.config = config
         self._app = app
+        # A worker under the supervisor shares its TCP and UDP ports with its siblings.
+        self.reuse_port = reuse_port
         self.listeners: list[asyncio.Server] = []
         self.quic_endpoints: list[QuicEndpoint] = []
         self.state: ServerState | None = None
@@ -97,6 +102,7 @@ class Server:
                 _, endpoint = await loop.create_datagram_endpoint(
                     lambda: QuicEndpoint(state, configuration),
                     local_addr=(where.host, where.port),
+                    reuse_port=self.reuse_port or None,
                 )
             except OSError as exc:
                 raise StartupError(f"cannot listen on UDP {bind}: {exc.strerror or exc}") from None
@@ -135,7 +141,12 @@ class Server:
                     return await loop.create_unix_server(factory, sock=sock, **common)
                 return await loop.create_server(factory, sock=sock, **common)
             return await loop.create_server(
-                factory, where.host, where.port, reuse_address=True, **common
+                factory,
+                where.host,
+                where.port,
+                reuse_address=True,
+                reuse_port=self.reuse_port or None,
+                **common,
             )
         except OSError as exc:
             raise StartupError(f"cannot listen on {bind}: {exc.strerror or exc}") from None
@@ -213,9 +224,18 @@ def _url(scheme: str, address: Any) -> str:
     return f"{scheme}+unix://{address}"
 
 
-async def serve(config: Config, app: ASGIApp | None = None) -> None:
-    server = Server(config, app)
+async def serve(
+    config: Config,
+    app: ASGIApp | None = None,
+    *,
+    reuse_port: bool = False,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM. `ready` is called once every port listens."""
+    server = Server(config, app, reuse_port=reuse_port)
     await server.start()
+    if ready is not None:
+        ready()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

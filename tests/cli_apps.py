@@ -43,3 +43,25 @@ async def pathsend(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.pathsend", "path": scope["query_string"].decode()})
+
+
+async def pid(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with the serving process's pid; `/slow` first waits 2 seconds (a request
+    in flight across a reload). Lifespan-aware, like a real app."""
+    import asyncio
+    import os
+
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(2)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(os.getpid()).encode()})

@@ -203,6 +203,16 @@ def _refuse_early_data(context: tls.Context) -> None:
     context.update_traffic_key_cb = without_zero_rtt_keys
 
 
+def stateless_reset_key() -> bytes:
+    """The key stateless reset tokens derive from: random per process, or from the
+    secret the supervisor shares with its workers, so that any worker can reset a
+    connection another one (or an earlier life of its own) had."""
+    secret = os.environ.get("MULTIPLEX_QUIC_SECRET")
+    if secret:
+        return hmac.new(bytes.fromhex(secret), b"multiplex stateless reset", "sha256").digest()
+    return os.urandom(32)
+
+
 def reset_token(key: bytes, cid: bytes) -> bytes:
     return hmac.new(key, cid, hashlib.sha256).digest()[:16]
 
@@ -269,7 +279,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.retry_threshold = server.config.quic_retry_threshold
         # Connections still in their handshake: the measure of load that turns Retry on.
         self.handshaking: set[Any] = set()
-        self.reset_key = os.urandom(32)
+        self.reset_key = stateless_reset_key()
         self._reset_window_start = 0.0
         self._resets_in_window = 0
         self._protocol_class = H3Protocol

@@ -1,0 +1,283 @@
+"""`--workers N` and `--reload`: a supervisor process that runs the server in workers.
+
+Each worker is `python -m multiplex.worker`, a whole server with its own event loop and
+lifespan, configured by the supervisor through the environment. Workers share the ports:
+
+- TCP and QUIC binds: every worker binds the same address with SO_REUSEPORT, and the
+  kernel spreads connections (and, for UDP, each 4-tuple's datagrams, so a QUIC
+  connection stays on one worker) across them. A bind asking for port 0 gets a port
+  picked here once, so that all workers agree on it. While it runs, the supervisor
+  keeps a bound, never-listening TCP socket on each port, so the port stays ours
+  between worker generations.
+- unix sockets and inherited fds: bound once here and passed down (`fd://N`): every
+  worker accepts from the one listening socket.
+
+QUIC state that must agree across workers comes from one secret made here: the
+stateless reset key (a packet for a connection another worker, or a worker's previous
+life, had may be answered with a valid reset).
+
+Signals: SIGTERM/SIGINT stop every worker gracefully (each finishes in-flight work
+within `graceful_timeout`, then is killed); SIGHUP starts a new generation of workers,
+waits until they listen, then stops the old ones gracefully: no request is dropped.
+A worker that dies unexpectedly is replaced, with a growing delay when workers keep
+dying right after they start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from multiplex.config import Config
+from multiplex.settings import parse_bind
+
+logger = logging.getLogger("multiplex")
+
+CONFIG_ENV = "MULTIPLEX_WORKER_CONFIG"
+SECRET_ENV = "MULTIPLEX_QUIC_SECRET"
+READY_ENV = "MULTIPLEX_READY_FD"
+POLL = 0.2  # seconds between looks at the workers (and, with --reload, the files)
+# A worker that dies within this long of starting counts as a crash at startup.
+EARLY_DEATH = 5.0
+MAX_BACKOFF = 30.0
+
+
+class Worker:
+    def __init__(self, process: subprocess.Popen[bytes], ready_fd: int) -> None:
+        self.process = process
+        self.ready_fd = ready_fd  # read end of the pipe the worker writes to once listening
+        self.started = time.monotonic()
+        self.ready = False
+        self.retiring = False  # asked to stop: its exit is expected
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.count = 1 if config.reload else config.workers
+        self.workers: list[Worker] = []
+        self.secret = os.urandom(32).hex()
+        self.held: list[socket.socket] = []  # port reservations and inherited sockets
+        self.pass_fds: list[int] = []
+        self.worker_config = self._resolve(config)
+        self.stopping = False
+        self.reloading = False
+        self.failures = 0  # workers that died early in a row
+        self.next_spawn = 0.0
+        self.mtimes: dict[Path, float] = {}
+
+    # --- ports -----------------------------------------------------------------------
+
+    def _resolve(self, config: Config) -> Config:
+        """The config workers run: concrete ports, unix sockets and fds inherited."""
+        binds = []
+        for bind in config.bind:
+            where = parse_bind(bind)
+            if where.kind == "tcp":
+                assert where.host is not None and where.port is not None
+                port = self._reserve(where.host, where.port, socket.SOCK_STREAM, keep=True)
+                host = f"[{where.host}]" if ":" in where.host else where.host
+                binds.append(f"{host}:{port}")
+            elif where.kind == "unix":
+                assert where.path is not None
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                if os.path.exists(where.path):
+                    os.unlink(where.path)
+                sock.bind(where.path)
+                sock.listen(config.backlog)
+                binds.append(self._inherit(sock))
+            else:
+                assert where.fd is not None
+                binds.append(bind)
+                self.pass_fds.append(where.fd)
+        quic = []
+        for bind in config.quic_bind:
+            where = parse_bind(bind)
+            assert where.host is not None and where.port is not None
+            port = self._reserve(where.host, where.port, socket.SOCK_DGRAM, keep=False)
+            host = f"[{where.host}]" if ":" in where.host else where.host
+            quic.append(f"{host}:{port}")
+        return config.replace(bind=binds, quic_bind=quic, workers=1, reload=False)
+
+    def _reserve(self, host: str, port: int, kind: int, keep: bool) -> int:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, kind)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        chosen: int = sock.getsockname()[1]
+        if keep:
+            # A TCP socket that never listens takes no connections but keeps the port.
+            self.held.append(sock)
+        else:
+            # A bound UDP socket would receive its share of datagrams: let it go (a
+            # port asked as 0 could in theory be taken meanwhile; name one to be sure).
+            sock.close()
+        return chosen
+
+    def _inherit(self, sock: socket.socket) -> str:
+        self.held.append(sock)
+        fd = sock.fileno()
+        os.set_inheritable(fd, True)
+        self.pass_fds.append(fd)
+        return f"fd://{fd}"
+
+    # --- workers ---------------------------------------------------------------------
+
+    def _spawn(self) -> Worker:
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ)
+        env[CONFIG_ENV] = json.dumps(dataclasses.asdict(self.worker_config))
+        env[SECRET_ENV] = self.secret
+        env[READY_ENV] = str(write_fd)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "multiplex.worker"],
+            env=env,
+            pass_fds=[*self.pass_fds, write_fd],
+        )
+        os.close(write_fd)
+        worker = Worker(process, read_fd)
+        logger.info("Started worker %d", worker.pid)
+        return worker
+
+    def _wait_ready(self, workers: list[Worker]) -> bool:
+        """Until every worker in `workers` listens (True) or one of them exits."""
+        deadline = time.monotonic() + self.config.lifespan_timeout + 30
+        waiting = {w.ready_fd: w for w in workers if not w.ready}
+        while waiting and time.monotonic() < deadline and not self.stopping:
+            readable, _, _ = select.select(list(waiting), [], [], POLL)
+            for fd in readable:
+                worker = waiting.pop(fd)
+                worker.ready = os.read(fd, 1) == b"1"
+                if not worker.ready:
+                    return False  # it exited before it could listen
+            if any(w.process.poll() is not None for w in waiting.values()):
+                return False
+        return not waiting
+
+    def _stop(self, workers: list[Worker]) -> None:
+        """Ask workers to finish gracefully; kill what outlives the graceful timeout."""
+        for worker in workers:
+            worker.retiring = True
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.graceful_timeout + 5
+        for worker in workers:
+            try:
+                worker.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("Worker %d outlived the graceful timeout: killed", worker.pid)
+                worker.process.kill()
+                worker.process.wait()
+            os.close(worker.ready_fd)
+
+    def _reload(self) -> None:
+        """A new generation first, then the old one stops: no gap, nothing dropped."""
+        logger.info("Reloading: starting %d new workers", self.count)
+        fresh = [self._spawn() for _ in range(self.count)]
+        if not self._wait_ready(fresh):
+            logger.error("Reload failed: new workers did not start; keeping the old ones")
+            self._stop(fresh)
+            return
+        old, self.workers = self.workers, fresh
+        self._stop(old)
+        logger.info("Reloaded: workers %s", ", ".join(str(w.pid) for w in fresh))
+
+    def _replace_dead(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers):
+            status = worker.process.poll()
+            if status is None:
+                continue
+            self.workers.remove(worker)
+            os.close(worker.ready_fd)
+            early = now - worker.started < EARLY_DEATH
+            self.failures = self.failures + 1 if early else 0
+            delay = min(MAX_BACKOFF, 0.5 * 2 ** (self.failures - 1)) if early else 0.0
+            self.next_spawn = max(self.next_spawn, now + delay)
+            logger.warning(
+                "Worker %d exited with status %s; replacing it%s",
+                worker.pid,
+                status,
+                f" in {delay:.1f} s (workers keep dying at startup)" if delay else "",
+            )
+        if len(self.workers) < self.count and now >= self.next_spawn and not self.stopping:
+            self.workers.append(self._spawn())
+
+    # --- --reload ----------------------------------------------------------------------
+
+    def _watched(self) -> dict[Path, float]:
+        found: dict[Path, float] = {}
+        for root in [self.config.app_dir, *self.config.reload_dirs]:
+            for path in Path(root).resolve().rglob("*.py"):
+                if any(part in (".venv", "venv", "__pycache__", ".git") for part in path.parts):
+                    continue
+                try:
+                    found[path] = path.stat().st_mtime
+                except OSError:
+                    pass
+        return found
+
+    def _changed(self) -> bool:
+        mtimes = self._watched()
+        changed = [p for p, m in mtimes.items() if self.mtimes.get(p) != m]
+        changed += [p for p in self.mtimes if p not in mtimes]
+        self.mtimes = mtimes
+        if changed:
+            logger.info("Reloading: %s changed", changed[0])
+        return bool(changed)
+
+    # --- main loop -------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reloading = True
+        else:
+            self.stopping = True
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        if self.config.reload:
+            self.mtimes = self._watched()
+        logger.info(
+            "Supervisor %d: %s",
+            os.getpid(),
+            "reloading on changes" if self.config.reload else f"{self.count} workers",
+        )
+        self.workers = [self._spawn() for _ in range(self.count)]
+        if not self._wait_ready(self.workers) and not self.stopping:
+            logger.error("Workers failed to start")
+            self._stop(self.workers)
+            return 1
+        try:
+            while not self.stopping:
+                time.sleep(POLL)
+                if self.reloading or (self.config.reload and self._changed()):
+                    self.reloading = False
+                    self._reload()
+                self._replace_dead()
+        finally:
+            logger.info("Stopping %d workers", len(self.workers))
+            self._stop(self.workers)
+            for sock in self.held:
+                sock.close()
+        return 0
+
+
+def run_supervisor(config: Config) -> int:
+    return Supervisor(config).run()
