@@ -183,6 +183,13 @@ class Config:
         " server stops reading the socket.",
     )
 
+    max_body_size: int = _opt(
+        1024 * MiB,
+        "Largest request body, every protocol: a larger `content-length` gets 413 before"
+        " the app runs; a body that grows past it mid-stream gets 413 (or a reset, if the"
+        " response started) and the app sees http.disconnect.",
+    )
+
     # --- HTTP/1.1 limits -------------------------------------------------------------
     h11_max_incomplete_event_size: int = _opt(
         16 * KiB, "HTTP/1.1: longest request line plus headers, in bytes (431 beyond)."

@@ -10,6 +10,7 @@ single-message body gets a `content-length`, and so that an app failing between
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -102,6 +103,8 @@ class HTTPStream:
         "head_only",
         "info",
         "pushes",
+        "received",
+        "refusal",
         "request",
         "response_headers",
         "scope",
@@ -143,6 +146,8 @@ class HTTPStream:
         self.trailer_fields: Headers = []
         self.body_bytes = 0
         self.pushes = 0
+        self.received = 0  # request body bytes so far (max_body_size)
+        self.refusal: asyncio.Task[None] | None = None  # the 413 under way, if any
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.start_time = 0.0
@@ -175,6 +180,9 @@ class HTTPStream:
 
     def start(self) -> None:
         self.start_time = time.monotonic()
+        if self._declared_too_large():
+            self.task = start_app_task(self.server, self._too_large(run_app=False))
+            return
         self.task = start_app_task(self.server, self._run())
 
     def feed_body(self, data: bytes) -> None:
@@ -182,8 +190,55 @@ class HTTPStream:
             # Nobody will read it: hand the credit straight back.
             self.wire.consumed(self.stream_id, len(data))
             return
+        self.received += len(data)
+        if self.received > self.server.config.max_body_size:
+            self.wire.consumed(self.stream_id, len(data))
+            self.disconnected = True  # the app's next receive() is http.disconnect
+            self._wake()
+            self.refusal = start_app_task(self.server, self._too_large(run_app=True))
+            return
         self.chunks.append(data)
         self._wake()
+
+    def _declared_too_large(self) -> bool:
+        for name, value in self.request.headers:
+            if name == b"content-length":
+                try:
+                    return int(value) > self.server.config.max_body_size
+                except ValueError:
+                    return False  # the wire protocol rejects a bad length itself
+        return False
+
+    async def _too_large(self, run_app: bool) -> None:
+        """413 Content Too Large, if no response went out yet; else the stream is reset.
+        `run_app` False: refused before the app ran, this is the stream's whole life."""
+        logger.info(
+            "Request body from %s over max_body_size = %d: 413",
+            self.info.client,
+            self.server.config.max_body_size,
+        )
+        try:
+            if self.state == REQUEST or self.state == RESPONSE_STARTED:
+                self.state = RESPONSE_DONE
+                self.status = 413
+                body = b"Content Too Large\n"
+                self.response_headers = [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"connection", b"close"),  # HTTP/1.1: the rest of the body is not read
+                ]
+                self.wire.send_head(self.stream_id, 413, self._final_headers(len(body)), False)
+                self.body_bytes = len(body)
+                try:
+                    await self.wire.send_body(self.stream_id, body, True)
+                except ClientDisconnected:
+                    pass
+            elif self.state != RESPONSE_DONE:
+                self._abort()
+        finally:
+            if not run_app:
+                if self.server.access_log:
+                    self._log_access()
+                self.wire.stream_complete(self.stream_id)
 
     def feed_end(self) -> None:
         self.ended = True
@@ -538,6 +593,11 @@ class HTTPStream:
                     logger.error("ASGI application returned without completing its response")
                 await self._fail()
         finally:
+            if self.refusal is not None and not self.refusal.done():
+                # The 413 goes out before the stream is given up (the app may have
+                # returned at once on its http.disconnect). At shutdown, no waiting.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(self.refusal)
             if self.server.access_log:
                 self._log_access()
             self.wire.stream_complete(self.stream_id)
