@@ -125,6 +125,9 @@ class H2Protocol(BaseConnection):
         self._block_size = 0
         self._handlers: dict[type[Any], Any] = {
             h2.events.PingReceived: self._on_control,
+            # RFC 7540 PRIORITY frames change nothing here (RFC 9218 replaces them) but
+            # cost h2 work: counted like PING (CVE-2019-9513, resource loop).
+            h2.events.PriorityUpdated: self._on_control,
             h2.events.RequestReceived: self._on_request,
             h2.events.DataReceived: self._on_data,
             h2.events.StreamEnded: self._on_stream_ended,

@@ -279,3 +279,97 @@ def test_zero_window_stall_resets_the_stream(
         conn.read_ping_ack()  # the connection itself is still served
     lines = [r.getMessage() for r in caplog.records if "send_stall_timeout" in r.getMessage()]
     assert len(lines) == 1 and "127.0.0.1:" in lines[0], lines
+
+
+PRIORITY_FRAME, WINDOW_UPDATE_FRAME = 0x2, 0x8
+FLOW_CONTROL_ERROR, PROTOCOL_ERROR = 0x3, 0x1
+
+
+def test_priority_frame_flood_is_enhance_your_calm(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CVE-2019-9513 (resource loop): RFC 7540 PRIORITY frames reshuffling a tree. We
+    ignore the tree, but each frame costs work: they count as control frames."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_control_frames_per_window=20)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        out = b""
+        for n in range(100):
+            # Stream 1 + 2n depends on stream 3 + 2n, weight 16: a churning tree.
+            out += raw_frame(PRIORITY_FRAME, 0, 1 + 2 * n, struct.pack(">LB", 3 + 2 * n, 15))
+        conn.send(out)
+        assert_calmed(conn, caplog, "h2_max_control_frames_per_window", running)
+
+
+def test_connection_window_overflow_is_flow_control_error(serve: Serve) -> None:
+    """RFC 9113 section 6.9.1: a window above 2^31-1 is a connection error."""
+    running = serve()
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        conn.send_frame(WINDOW_UPDATE_FRAME, 0, 0, struct.pack(">L", 2**31 - 1))
+        outcome = conn.read_until_error()
+    assert (outcome.kind, outcome.error_code) == ("goaway", FLOW_CONTROL_ERROR), outcome
+    assert_served(running)
+
+
+def test_stream_window_overflow_is_flow_control_error(serve: Serve) -> None:
+    running = serve()
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        conn.send_headers(1, request_headers("/wait", method="POST"), end_stream=False)
+        conn.send_frame(WINDOW_UPDATE_FRAME, 0, 1, struct.pack(">L", 2**31 - 1))
+        outcome = conn.read_until_error(1)
+    assert outcome.kind in ("rst_stream", "goaway"), outcome
+    assert outcome.error_code == FLOW_CONTROL_ERROR, outcome
+    assert_served(running)
+
+
+def test_hpack_bomb_is_bounded(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    """An HPACK bomb: one 4 KiB entry put in the dynamic table, then referenced by one
+    byte a thousand times, decoding to 4 MiB of fields from a 1 KiB block. The decoded
+    size meets h2_max_header_list_size: the connection ends (ENHANCE_YOUR_CALM) before
+    the fields are all built, and others are served."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_header_list_size=64 * 1024)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        # Literal with incremental indexing, new name (0x40), 7-bit lengths with the
+        # Huffman bit clear; then indexed field 62 (the newest dynamic entry) again
+        # and again.
+        name, value = b"x-bomb", b"v" * 4000
+        literal = b"\x40" + bytes([len(name)]) + name + b"\x7f" + _hpack_int(len(value) - 127)
+        block = conn.encoder.encode(request_headers("/")) + literal + value + b"\xbe" * 1000
+        conn.send_frame(HEADERS, END_STREAM | END_HEADERS, 1, block)
+        outcome = conn.read_until_error()
+    # hpack stops decoding at the limit and h2 calls it a denial of service.
+    assert (outcome.kind, outcome.error_code) == ("goaway", ENHANCE_YOUR_CALM), outcome
+    assert_served(running)
+
+
+def _hpack_int(rest: int) -> bytes:
+    """The continuation bytes of an HPACK integer whose prefix was full (RFC 7541 5.1)."""
+    out = b""
+    while rest >= 128:
+        out += bytes([(rest % 128) + 128])
+        rest //= 128
+    return out + bytes([rest])
+
+
+def test_empty_header_block_flood_is_bounded(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CVE-2019-9516 (0-length headers leak): header blocks of empty fields. An empty
+    name is malformed: the first such block ends the connection."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve()
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        out = b""
+        for stream_id in range(1, 200, 2):
+            block = conn.encode([*request_headers("/"), (b"", b"")])
+            out += raw_frame(HEADERS, END_STREAM | END_HEADERS, stream_id, block)
+        conn.send(out)
+        outcome = conn.read_until_error()
+    assert (outcome.kind, outcome.error_code) == ("goaway", PROTOCOL_ERROR), outcome
+    assert_served(running)
