@@ -108,6 +108,7 @@ class H2Protocol(BaseConnection):
         # PRIORITY_UPDATEs for streams not open yet (RFC 9218 section 7.1), bounded.
         self._early_priority: dict[int, Priority] = {}
         self._last_sent = 0.0  # when DATA last went out on this connection
+        self._request_priority: h2.events.PriorityUpdated | None = None
         self._flush_scheduled = False
         self._unflushed = 0
         self._goaway_last_id: int | None = None  # set once we sent a graceful GOAWAY
@@ -125,9 +126,7 @@ class H2Protocol(BaseConnection):
         self._block_size = 0
         self._handlers: dict[type[Any], Any] = {
             h2.events.PingReceived: self._on_control,
-            # RFC 7540 PRIORITY frames change nothing here (RFC 9218 replaces them) but
-            # cost h2 work: counted like PING (CVE-2019-9513, resource loop).
-            h2.events.PriorityUpdated: self._on_control,
+            h2.events.PriorityUpdated: self._on_priority,
             h2.events.RequestReceived: self._on_request,
             h2.events.DataReceived: self._on_data,
             h2.events.StreamEnded: self._on_stream_ended,
@@ -269,7 +268,15 @@ class H2Protocol(BaseConnection):
         if self._control.hit(self.loop.time()):
             self._calm("h2_max_control_frames_per_window", self._control.count)
 
+    def _on_priority(self, event: h2.events.PriorityUpdated) -> None:
+        # RFC 7540 PRIORITY frames change nothing here (RFC 9218 replaces them) but cost
+        # h2 work: counted like PING (CVE-2019-9513, resource loop). Priority carried
+        # inside a request's HEADERS frame comes as an event too; that one is free.
+        if event is not self._request_priority:
+            self._on_control(event)
+
     def _on_request(self, event: h2.events.RequestReceived) -> None:
+        self._request_priority = event.priority_updated
         stream_id = event.stream_id
         if self._goaway_last_id is not None and stream_id > self._goaway_last_id:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)

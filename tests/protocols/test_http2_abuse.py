@@ -373,3 +373,15 @@ def test_empty_header_block_flood_is_bounded(
         outcome = conn.read_until_error()
     assert (outcome.kind, outcome.error_code) == ("goaway", PROTOCOL_ERROR), outcome
     assert_served(running)
+
+
+def test_priority_inside_request_headers_is_not_counted(serve: Serve) -> None:
+    """Clients such as nghttp put RFC 7540 priority in every request's HEADERS frame
+    (flag PRIORITY): that is no flood, and must not count as a control frame."""
+    running = serve(h2_max_control_frames_per_window=20)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        for stream_id in range(1, 100, 2):
+            block = struct.pack(">LB", 0, 15) + conn.encode(request_headers("/"))
+            conn.send_frame(HEADERS, END_STREAM | END_HEADERS | 0x20, stream_id, block)
+            assert conn.read_response(stream_id).status == 200
