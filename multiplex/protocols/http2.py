@@ -24,6 +24,7 @@ from multiplex.protocols import h2fields
 from multiplex.protocols.base import BaseConnection
 from multiplex.protocols.fields import STATUS, request_from_fields, response_fields
 from multiplex.protocols.limits import RateWindow
+from multiplex.protocols.pending import PendingSends
 from multiplex.scheduling import (
     DEFAULT_PRIORITY,
     MAX_PRIORITY_FIELD,
@@ -61,7 +62,7 @@ class _Connection(h2.connection.H2Connection):
         super()._prepare_for_sending(frames)
 
 
-class H2Protocol(BaseConnection):
+class H2Protocol(PendingSends, BaseConnection):
     def __init__(self, server: ServerState, info: ConnectionInfo) -> None:
         super().__init__(server, info)
         config = self.config
@@ -480,24 +481,7 @@ class H2Protocol(BaseConnection):
         except h2.exceptions.ProtocolError:
             raise ClientDisconnected(f"stream {stream_id} closed by the client") from None
         # Wait for a turn: the scheduler orders this stream among the others waiting.
-        waiter = self.loop.create_future()
-        pending = PendingSend(data, end, waiter, self.loop.time())
-        self._pending[stream_id] = pending
-        self._sched.ready(stream_id)
-        self._pump()
-        if waiter.done():
-            waiter.result()
-            return
-        pending.timer = self.loop.call_later(
-            self.config.send_stall_timeout, self._check_stall, stream_id, pending
-        )
-        try:
-            await waiter
-        finally:
-            if pending.timer is not None:
-                pending.timer.cancel()
-            if self._pending.get(stream_id) is pending:
-                self._drop_pending(stream_id)
+        await self._wait_turn(stream_id, data, end)
 
     def _send_now(self, stream_id: int, data: bytes, end: bool) -> bytes:
         """Send what the windows allow at once; what is left over."""
@@ -596,16 +580,6 @@ class H2Protocol(BaseConnection):
         if stream is not None:
             stream.feed_disconnect()
         self._fail_pending(stream_id, "send stalled")
-
-    def _fail_pending(self, stream_id: int, why: str) -> None:
-        pending = self._drop_pending(stream_id)
-        if pending is not None and not pending.waiter.done():
-            pending.waiter.set_exception(ClientDisconnected(f"stream {stream_id}: {why}"))
-
-    def _drop_pending(self, stream_id: int) -> PendingSend | None:
-        self._sched.discard(stream_id)
-        self._blocked.discard(stream_id)
-        return self._pending.pop(stream_id, None)
 
     def _unblock(self, stream_id: int) -> None:
         """The stream's own window opened: it may take its turn again."""

@@ -26,6 +26,7 @@ from aioquic.quic.connection import NetworkAddress
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.fields import STATUS, request_from_fields, response_fields
 from multiplex.protocols.h3control import PrioritySniffer, PriorityUpdate
+from multiplex.protocols.pending import PendingSends
 from multiplex.scheduling import DEFAULT_PRIORITY, PendingSend, Priority, Scheduler, parse_priority
 from multiplex.streams import WebTransportStream, open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, Stream
@@ -56,7 +57,7 @@ H3_GOAWAY_FRAME = 0x7
 SEND_ERRORS = (H3Error, ProtocolError, AssertionError, ValueError)
 
 
-class H3Protocol:
+class H3Protocol(PendingSends):
     def __init__(
         self, endpoint: QuicEndpoint, quic: CreditedQuicConnection, addr: NetworkAddress
     ) -> None:
@@ -357,24 +358,7 @@ class H3Protocol:
             if left is None:
                 return
             data = left
-        waiter = self.loop.create_future()
-        pending = PendingSend(data, end, waiter, self.loop.time())
-        self._pending[stream_id] = pending
-        self._sched.ready(stream_id)
-        self._pump()
-        if waiter.done():
-            waiter.result()
-            return
-        pending.timer = self.loop.call_later(
-            self.config.send_stall_timeout, self._check_stall, stream_id, pending
-        )
-        try:
-            await waiter
-        finally:
-            if pending.timer is not None:
-                pending.timer.cancel()
-            if self._pending.get(stream_id) is pending:
-                self._drop_pending(stream_id)
+        await self._wait_turn(stream_id, data, end)
 
     def _room(self, stream_id: int) -> int | None:
         """How much of this stream's data QUIC may take now (<= 0: none): bounded by
@@ -485,16 +469,6 @@ class H3Protocol:
         )
         self.reset(stream_id)
         self._disconnect_stream(stream_id)
-
-    def _fail_pending(self, stream_id: int, why: str) -> None:
-        pending = self._drop_pending(stream_id)
-        if pending is not None and not pending.waiter.done():
-            pending.waiter.set_exception(ClientDisconnected(f"stream {stream_id}: {why}"))
-
-    def _drop_pending(self, stream_id: int) -> PendingSend | None:
-        self._sched.discard(stream_id)
-        self._blocked.discard(stream_id)
-        return self._pending.pop(stream_id, None)
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
         if self.closed or stream_id not in self.streams:
