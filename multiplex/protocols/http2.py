@@ -291,20 +291,9 @@ class H2Protocol(PendingSends, BaseConnection):
             self._refuse(stream_id, request)
             return
         self._set_request_priority(stream_id, request)
+        request.push = self.config.push and bool(self.h2.remote_settings.enable_push)
         self._new_stream(stream_id, request)
 
-    def _set_request_priority(self, stream_id: int, request: Request) -> None:
-        """The client's signal: its `priority` header, or a PRIORITY_UPDATE that came
-        first (which wins: it is the newer signal, RFC 9218 section 7)."""
-        priority = self._early_priority.pop(stream_id, None)
-        if priority is None:
-            for name, value in request.headers:
-                if name == b"priority":
-                    priority = parse_priority(value)
-        if priority is not None and self._prioritize:
-            self._sched.set_priority(stream_id, priority)
-        request.priority = priority or DEFAULT_PRIORITY
-        request.push = self.config.push and bool(self.h2.remote_settings.enable_push)
 
     def _on_unknown_frame(self, event: h2.events.UnknownFrameReceived) -> None:
         frame = event.frame

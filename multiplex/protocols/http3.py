@@ -210,6 +210,7 @@ class H3Protocol(PendingSends):
             if key_schedule is not None and key_schedule.cipher_suite is not None:
                 tls_info["cipher_suite"] = int(key_schedule.cipher_suite)
         self._set_request_priority(stream_id, request)
+        request.push = self.config.push and self.h3._max_push_id is not None
         stream = open_stream(self, stream_id, request, self.info, self.server)
         self.streams[stream_id] = stream
         self.unread[stream_id] = 0
@@ -219,17 +220,6 @@ class H3Protocol(PendingSends):
         if event.stream_ended:
             stream.feed_end()
 
-    def _set_request_priority(self, stream_id: int, request: Request) -> None:
-        """The client's signal: a PRIORITY_UPDATE that came first, else its header."""
-        priority = self._early_priority.pop(stream_id, None)
-        if priority is None:
-            for name, value in request.headers:
-                if name == b"priority":
-                    priority = parse_priority(value)
-        if priority is not None and self._prioritize:
-            self._sched.set_priority(stream_id, priority)
-        request.priority = priority or DEFAULT_PRIORITY
-        request.push = self.config.push and self.h3._max_push_id is not None
 
     def _too_early(self, stream_id: int) -> None:
         """425 Too Early (RFC 8470 section 5.2): the client retries after the handshake,

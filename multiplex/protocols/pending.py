@@ -13,10 +13,11 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from multiplex.errors import ClientDisconnected
-from multiplex.scheduling import PendingSend, Scheduler
+from multiplex.scheduling import DEFAULT_PRIORITY, PendingSend, Priority, Scheduler, parse_priority
 
 if TYPE_CHECKING:
     from multiplex.config import Config
+    from multiplex.streams.seam import Request
 
 
 class PendingSends:
@@ -25,6 +26,8 @@ class PendingSends:
     _sched: Scheduler
     _pending: dict[int, PendingSend]
     _blocked: set[int]  # streams waiting on something of their own (their window)
+    _prioritize: bool  # config.priorities
+    _early_priority: dict[int, Priority]  # PRIORITY_UPDATEs for streams not open yet
 
     def _pump(self) -> None:
         raise NotImplementedError
@@ -63,3 +66,15 @@ class PendingSends:
         self._sched.discard(stream_id)
         self._blocked.discard(stream_id)
         return self._pending.pop(stream_id, None)
+
+    def _set_request_priority(self, stream_id: int, request: Request) -> None:
+        """The client's signal: a PRIORITY_UPDATE that came before the request (the
+        newer signal, RFC 9218 section 7), else its `priority` header."""
+        priority = self._early_priority.pop(stream_id, None)
+        if priority is None:
+            for name, value in request.headers:
+                if name == b"priority":
+                    priority = parse_priority(value)
+        if priority is not None and self._prioritize:
+            self._sched.set_priority(stream_id, priority)
+        request.priority = priority or DEFAULT_PRIORITY
