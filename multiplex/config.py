@@ -81,6 +81,11 @@ class Config:
         repeat=True,
     )
     backlog: int = _opt(2048, "Listen backlog of each TCP or unix socket.")
+    max_connections: int = _opt(
+        10000,
+        "Open connections (TCP and QUIC together) one worker serves; beyond, new TCP"
+        " connections are reset at once and new QUIC connections' first packets dropped.",
+    )
 
     # --- TLS ---------------------------------------------------------------------
     certfile: str | None = _opt(None, "PEM certificate chain; enables TLS on every bind.")

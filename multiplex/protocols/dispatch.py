@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from multiplex.protocols.http1 import H11Protocol
 from multiplex.protocols.http2 import H2Protocol
+from multiplex.protocols.limits import over_connection_limit
 from multiplex.streams.seam import ConnectionInfo, ServerState
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -35,6 +36,9 @@ class Dispatcher(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
         self.transport = cast(asyncio.Transport, transport)
+        if over_connection_limit(self.server, "TCP"):
+            self.transport.abort()  # a reset costs the client least time
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:

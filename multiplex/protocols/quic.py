@@ -31,6 +31,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.tls import SessionTicket
 
 from multiplex.config import Config
+from multiplex.protocols.limits import over_connection_limit
 from multiplex.streams.seam import ServerState
 
 logger = logging.getLogger("multiplex")
@@ -346,6 +347,11 @@ class QuicEndpoint(asyncio.DatagramProtocol):
                 # RFC 9000 section 8.1.3: go on as if the client had sent no token.
                 logger.debug("QUIC: unusable address validation token from %s", addr)
                 header.token = b""
+        if over_connection_limit(self.server, "QUIC"):
+            # Dropped: the client retries or gives up. (RFC 9000 section 5.2.2 would
+            # have us answer CONNECTION_REFUSED, which costs the handshake's first
+            # steps: what an overloaded server cannot spare.)
+            return None
         if not header.token and (
             self.retry_always or len(self.handshaking) >= self.retry_threshold
         ):
