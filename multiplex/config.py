@@ -305,6 +305,14 @@ class Config:
         "WebTransport: datagrams waiting for the app (per session) or for the wire (per"
         " connection); beyond, they are dropped and counted (datagrams are unreliable).",
     )
+    quic_rate_window: float = _opt(
+        10.0, "QUIC: length in seconds of the window `quic_max_resets_per_window` counts in."
+    )
+    quic_max_resets_per_window: int = _opt(
+        200,
+        "QUIC: request streams the client may reset (RESET_STREAM or STOP_SENDING) per"
+        " window; the connection is closed with H3_EXCESSIVE_LOAD beyond (Rapid Reset).",
+    )
     quic_send_ahead: int = _opt(
         64 * KiB,
         "QUIC: response bytes handed to the QUIC stack ahead of what it has sent, all"

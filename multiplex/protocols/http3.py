@@ -26,6 +26,7 @@ from aioquic.quic.connection import NetworkAddress
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.fields import STATUS, request_from_fields, response_fields
 from multiplex.protocols.h3control import PrioritySniffer, PriorityUpdate
+from multiplex.protocols.limits import RateWindow
 from multiplex.protocols.pending import PendingSends
 from multiplex.scheduling import DEFAULT_PRIORITY, PendingSend, Priority, Scheduler, parse_priority
 from multiplex.streams import WebTransportStream, open_stream
@@ -43,6 +44,7 @@ H3_INTERNAL_ERROR = 0x102
 H3_REQUEST_REJECTED = 0x10B
 H3_REQUEST_CANCELLED = 0x10C
 H3_ID_ERROR = 0x108
+H3_EXCESSIVE_LOAD = 0x107
 # WebTransport over HTTP/3 (draft-ietf-webtrans-http3) error codes.
 WT_BUFFERED_STREAM_REJECTED = 0x3994BD84
 WT_SESSION_GONE = 0x170D7B68
@@ -93,6 +95,10 @@ class H3Protocol(PendingSends):
         self._wt_streams: dict[int, int] = {}
         self._raw: set[int] = set()  # streams whose bytes go to QUIC unframed
         self.datagrams_dropped = 0  # outgoing, when too many wait for the wire
+        # Rapid Reset over QUIC: request streams the client resets, per window.
+        self._resets = RateWindow(
+            self.config.quic_max_resets_per_window, self.config.quic_rate_window
+        )
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_scheduled = False
@@ -138,6 +144,8 @@ class H3Protocol(PendingSends):
                         self._on_wt_stream(h3_event)  # type: ignore[arg-type]
                 if kind is quic_events.StreamReset:
                     stream_id = event.stream_id  # type: ignore[attr-defined]
+                    if stream_id % 4 == 0 and self._reset_counted():
+                        return
                     if stream_id in self._wt_streams:
                         self._on_wt_reset(stream_id, event.error_code)  # type: ignore[attr-defined]
                     else:
@@ -145,6 +153,8 @@ class H3Protocol(PendingSends):
             elif kind is quic_events.StopSendingReceived:
                 # The client no longer wants this response: stop it and tell the app.
                 stream_id = event.stream_id  # type: ignore[attr-defined]
+                if stream_id % 4 == 0 and self._reset_counted():
+                    return
                 quic.discard_unsent(stream_id)
                 if stream_id in self.streams:
                     quic.reset_stream(stream_id, H3_REQUEST_CANCELLED)
@@ -219,7 +229,6 @@ class H3Protocol(PendingSends):
         stream.start()
         if event.stream_ended:
             stream.feed_end()
-
 
     def _too_early(self, stream_id: int) -> None:
         """425 Too Early (RFC 8470 section 5.2): the client retries after the handshake,
@@ -541,6 +550,20 @@ class H3Protocol(PendingSends):
             if len(early) >= self.config.quic_max_streams:
                 early.pop(next(iter(early)))
             early[element] = parse_priority(update.value)
+
+    def _reset_counted(self) -> bool:
+        """Count a stream the client reset; True once that closed the connection."""
+        if not self._resets.hit(self.loop.time()):
+            return False
+        logger.warning(
+            "HTTP/3 connection from %s went over quic_max_resets_per_window = %d: closing"
+            " with H3_EXCESSIVE_LOAD",
+            self.info.client,
+            self.config.quic_max_resets_per_window,
+        )
+        self.quic.close(error_code=H3_EXCESSIVE_LOAD, reason_phrase="too many stream resets")
+        self._transmit_soon()
+        return True
 
     def _close_with(self, code: int, reason: str) -> None:
         logger.info("HTTP/3 connection from %s: %s", self.info.client, reason)
