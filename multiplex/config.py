@@ -279,6 +279,9 @@ class Config:
         },
     )
     quic_idle_timeout: float = _opt(60.0, "QUIC: close a connection idle for this long.")
+    quic_handshake_timeout: float = _opt(
+        10.0, "QUIC: forget a connection whose handshake has not completed in this long."
+    )
     quic_max_streams: int = _opt(
         100, "HTTP/3: request streams a client may have open at once (QUIC MAX_STREAMS)."
     )

@@ -106,6 +106,11 @@ class H3Protocol(PendingSends):
         self._close_when_drained = False
         self._highest_request_id = -4
         self.server.connections.add(self)
+        # A client that starts a handshake and goes quiet holds state until this fires
+        # (the idle timeout is meant for established connections and is longer).
+        self._handshake_timer: asyncio.TimerHandle | None = self.loop.call_later(
+            self.config.quic_handshake_timeout, self._handshake_timed_out
+        )
 
     # --- input -------------------------------------------------------------------------
 
@@ -166,6 +171,9 @@ class H3Protocol(PendingSends):
             elif kind is quic_events.ConnectionTerminated:
                 self._terminated()
             elif kind is quic_events.HandshakeCompleted:
+                if self._handshake_timer is not None:
+                    self._handshake_timer.cancel()
+                    self._handshake_timer = None
                 self.endpoint.handshake_done(self)
                 self.h3.handle_event(event)
             elif kind is quic_events.DatagramFrameReceived:
@@ -275,6 +283,9 @@ class H3Protocol(PendingSends):
         self.closed = True
         self.endpoint.connection_terminated(self)
         self.server.connections.discard(self)
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         for stream in list(self.streams.values()):
             stream.feed_disconnect()
         for stream_id in list(self._pending):
@@ -550,6 +561,17 @@ class H3Protocol(PendingSends):
             if len(early) >= self.config.quic_max_streams:
                 early.pop(next(iter(early)))
             early[element] = parse_priority(update.value)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if self.closed or self.quic.handshake_complete:
+            return
+        logger.info(
+            "QUIC handshake from %s not complete within quic_handshake_timeout = %s s: dropped",
+            self.info.client,
+            self.config.quic_handshake_timeout,
+        )
+        self._terminated()  # nothing to tell a peer that never finished the handshake
 
     def _reset_counted(self) -> bool:
         """Count a stream the client reset; True once that closed the connection."""

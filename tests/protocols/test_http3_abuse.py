@@ -66,3 +66,40 @@ def test_resets_under_the_limit_are_fine(
             return (await client.request("/")).status
 
     assert run_async(scenario()) == 200
+
+
+def test_half_open_handshakes_are_forgotten(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    """Clients that send their first Initial and then nothing: each connection's state
+    goes after quic_handshake_timeout, not after the (longer) idle timeout."""
+    import socket
+    import time
+
+    from aioquic.h3.connection import H3_ALPN
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    running = quic_server(run_server, tls_config, slow, quic_handshake_timeout=0.5)
+    endpoint = running.server.quic_endpoints[0]
+
+    def half_open() -> int:
+        return int(running.call(lambda: len(endpoint.handshaking)))
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for _ in range(5):
+            client = QuicConnection(
+                configuration=QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+            )
+            client.connect(("127.0.0.1", running.quic_port), now=time.monotonic())
+            for data, _ in client.datagrams_to_send(now=time.monotonic()):
+                udp.sendto(data, ("127.0.0.1", running.quic_port))
+        deadline = time.monotonic() + 5
+        while half_open() < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert half_open() == 5
+        deadline = time.monotonic() + 10
+        while half_open() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert half_open() == 0
+    assert running.call(lambda: len(endpoint.connections)) == 0
