@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.db import models
+
+
+class Note(models.Model):
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return self.title
