@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,12 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect as websockets_connect
 
+from tests.conftest import require_tool
 from tests.protocols.h3client import h3_connect
 from tests.test_cli_serve import ROOT, free_port, start, wait_for_accept
+from tests.test_frameworks import H2WebSockets, ca_context
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -222,11 +228,99 @@ def test_twenty_mib_upload_arrives_whole(
     ]
     status, _, answer = fetch("POST", "/upload", headers, body)
     assert status == 200, re.findall(rb"exception_value\">([^<]*)", answer)
-    import json
-
     result = json.loads(answer)
     assert result == {
         "name": "big.bin",
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
     }
+
+
+# --- Channels across worker processes, through Redis -------------------------------------
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of our own on a free loopback port, nothing written to disk."""
+    binary = require_tool("redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "no redis"
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_channels_group_chat_across_two_workers_through_redis(
+    tmp_path: Path, dev_certs: Any, redis_url: str
+) -> None:
+    """`--workers 2`: one client over HTTP/1.1 WebSocket and one over HTTP/2 WebSocket
+    (RFC 8441), on different worker processes, chat through channels_redis."""
+    port = free_port()
+    process = start(
+        "tests.djproject.asgi:application",
+        "--workers",
+        "2",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--certfile",
+        str(dev_certs.cert),
+        "--keyfile",
+        str(dev_certs.key),
+        env={
+            "DJANGO_SETTINGS_MODULE": "tests.djproject.settings",
+            "DJPROJECT_DB": str(tmp_path / "db.sqlite3"),
+            "DJPROJECT_REDIS": redis_url,
+        },
+    )
+    try:
+        wait_for_accept(process, port)
+        asyncio.run(_chat_across_workers(port, dev_certs))
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+
+
+async def _chat_across_workers(port: int, dev_certs: Any) -> None:
+    context = ca_context(dev_certs)
+    url = f"wss://127.0.0.1:{port}/ws/chat/"
+    async with websockets_connect(url, ssl=context, proxy=None, open_timeout=10) as h1:
+        h1_pid = json.loads(await asyncio.wait_for(h1.recv(), 10))["pid"]
+        # HTTP/2 connections land on either worker: reconnect until the other one.
+        for _ in range(40):
+            h2 = H2WebSockets(port, tls=ca_context(dev_certs, ["h2"]))
+            stream = await asyncio.to_thread(h2.open, "/ws/chat/")
+            assert stream.status == 200
+            h2_pid = json.loads(await asyncio.to_thread(h2.recv, stream))["pid"]
+            if h2_pid != h1_pid:
+                break
+            h2.shutdown()
+        assert h2_pid != h1_pid, "every HTTP/2 connection reached the same worker"
+        try:
+            await h1.send("hello from HTTP/1.1")
+            for got in (
+                json.loads(await asyncio.wait_for(h1.recv(), 10)),
+                json.loads(await asyncio.to_thread(h2.recv, stream)),
+            ):
+                assert got["message"] == "hello from HTTP/1.1"
+            await asyncio.to_thread(h2.send, stream, "hello from HTTP/2")
+            heard_by_h2 = json.loads(await asyncio.to_thread(h2.recv, stream))
+            heard_by_h1 = json.loads(await asyncio.wait_for(h1.recv(), 10))
+            assert heard_by_h1 == {"message": "hello from HTTP/2", "pid": h1_pid}
+            assert heard_by_h2 == {"message": "hello from HTTP/2", "pid": h2_pid}
+        finally:
+            h2.shutdown()

@@ -48,6 +48,16 @@ DATABASES = {
     }
 }
 STATIC_URL = "static/"
+# Channels: Redis between processes when the tests start one, else in memory.
+if os.environ.get("DJPROJECT_REDIS"):
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [os.environ["DJPROJECT_REDIS"]]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 USE_TZ = True
 TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
