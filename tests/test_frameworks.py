@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,19 @@ def test_starlette_routes(
     assert streamed.status == 200
     assert streamed.body == b"".join(starlette_app.STREAM_CHUNKS)
     assert "content-length" not in streamed.headers
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_fastapi_background_task_runs_after_the_response(
+    run_server: Start, tls_config: Any, dev_certs: Any, protocol: str
+) -> None:
+    server = serve(run_server, tls_config, fastapi_app.create_app(), lifespan="on")
+    reply = fetch(server, dev_certs, protocol, f"/jobs/{protocol}", method="POST")
+    assert (reply.status, reply.json()) == (202, {"queued": protocol})
+    deadline = time.monotonic() + 10
+    while (done := fetch(server, dev_certs, protocol, "/jobs").json()) != [protocol]:
+        assert time.monotonic() < deadline, done
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, WebSocket
+from fastapi import BackgroundTasks, Depends, FastAPI, Header, HTTPException, Request, WebSocket
 from fastapi.websockets import WebSocketDisconnect
 from pydantic import BaseModel
 
@@ -57,6 +57,23 @@ def create_app() -> FastAPI:
             user=user,
             http_version=request.scope["http_version"],
         )
+
+    jobs: list[str] = []
+    app.state.jobs = jobs
+
+    @app.post("/jobs/{name}", status_code=202)
+    async def enqueue(name: str, background: BackgroundTasks) -> dict[str, str]:
+        """Answers at once; the job runs after the response went out."""
+
+        async def job() -> None:
+            jobs.append(name)
+
+        background.add_task(job)
+        return {"queued": name}
+
+    @app.get("/jobs")
+    async def done() -> list[str]:
+        return jobs
 
     @app.get("/started")
     async def started() -> dict[str, bool]:
