@@ -48,11 +48,13 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30
     raise RuntimeError(f"server did not listen on port {port} within {timeout}s")
 
 
-def server_command(name: str, port: int, tls: bool, certs: tuple[str, str] | None) -> list[str]:
+def server_command(
+    name: str, port: int, tls: bool, certs: tuple[str, str] | None, app: str = APP
+) -> list[str]:
     python = sys.executable
     name, _, extra = name.partition(":")
     if name == "multiplex":
-        cmd = [python, "-m", "multiplex", APP, "--bind", f"127.0.0.1:{port}", "--no-access-log"]
+        cmd = [python, "-m", "multiplex", app, "--bind", f"127.0.0.1:{port}", "--no-access-log"]
         cmd += ["--log-level", "warning"]
         if tls and certs:
             cmd += ["--certfile", certs[0], "--keyfile", certs[1]]
@@ -60,7 +62,7 @@ def server_command(name: str, port: int, tls: bool, certs: tuple[str, str] | Non
             cmd += ["--h2c"]
         return cmd + extra.split()
     if name == "hypercorn":
-        cmd = [python, "-m", "hypercorn", APP, "--bind", f"127.0.0.1:{port}"]
+        cmd = [python, "-m", "hypercorn", app, "--bind", f"127.0.0.1:{port}"]
         # Hypercorn ends an HTTP/2 connection after 1000 requests by default, which
         # h2load counts as failures; lift that so both servers do the same work.
         cmd += ["--log-level", "warning", "--config", str(HYPERCORN_CONFIG), "-k", "uvloop"]
@@ -90,7 +92,7 @@ def run_h2load(
 def bench(name: str, args: argparse.Namespace, certs: tuple[str, str] | None) -> float:
     port = free_port()
     proc = subprocess.Popen(
-        server_command(name, port, args.tls, certs), cwd=ROOT, stdout=subprocess.DEVNULL
+        server_command(name, port, args.tls, certs, args.app), cwd=ROOT, stdout=subprocess.DEVNULL
     )
     try:
         wait_listening(port, proc)
@@ -118,6 +120,11 @@ def main() -> int:
     mode.add_argument("--h2c", dest="tls", action="store_false", help="cleartext HTTP/2")
     parser.add_argument("--servers", default="multiplex,hypercorn")
     parser.add_argument("--path", default="/", help="`/bytes/N` for N-byte responses")
+    parser.add_argument(
+        "--app",
+        default=APP,
+        help="module:attr for every server, e.g. interop.framework_apps:flask_app",
+    )
     parser.add_argument("--h2load-args", default="", help="extra h2load options, e.g. -W16")
     args = parser.parse_args()
     if shutil.which("h2load") is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import hashlib
 
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
@@ -20,4 +20,9 @@ def upload(request: HttpRequest) -> JsonResponse:
     )
 
 
-urlpatterns = [path("admin/", admin.site.urls), path("upload", upload)]
+def hello(request: HttpRequest) -> HttpResponse:
+    """For benchmarks: the plainest Django view."""
+    return HttpResponse("Hello, world!", content_type="text/plain")
+
+
+urlpatterns = [path("admin/", admin.site.urls), path("upload", upload), path("hello", hello)]
