@@ -242,6 +242,11 @@ class Config:
         "HTTP/2: PING and SETTINGS frames (which we must acknowledge) per window;"
         " GOAWAY ENHANCE_YOUR_CALM beyond (CVE-2019-9512, CVE-2019-9515).",
     )
+    h2_max_tiny_frames_per_window: int = _opt(
+        1000,
+        "HTTP/2: DATA frames under 128 bytes that a peer's tiny flow-control window forced"
+        " on us, per window; GOAWAY ENHANCE_YOUR_CALM beyond (data dribble, CVE-2019-9511).",
+    )
     h2_max_empty_frames_per_window: int = _opt(
         500,
         "HTTP/2: DATA frames without payload or END_STREAM per window;"

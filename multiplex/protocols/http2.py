@@ -40,6 +40,8 @@ logger = logging.getLogger("multiplex")
 
 # Flush at once rather than at the end of the loop turn past this many unflushed bytes.
 FLUSH_THRESHOLD = 64 * 1024
+# DATA frames this small because the peer's window was this small count as dribble.
+TINY_FRAME = 128
 
 
 _PREFACE_LENGTH = 24
@@ -121,6 +123,7 @@ class H2Protocol(PendingSends, BaseConnection):
         self._resets = RateWindow(config.h2_max_resets_per_window, window)
         self._control = RateWindow(config.h2_max_control_frames_per_window, window)
         self._empty = RateWindow(config.h2_max_empty_frames_per_window, window)
+        self._tiny = RateWindow(config.h2_max_tiny_frames_per_window, window)
         self._scan_skip = _PREFACE_LENGTH  # bytes until the next frame header
         self._scan_partial = b""  # a frame header split across reads
         self._block_frames = -1  # CONTINUATIONs of the open header block; -1: none open
@@ -480,6 +483,8 @@ class H2Protocol(PendingSends, BaseConnection):
             if window <= 0:
                 return data
             size = min(window, len(data), h2conn.max_outbound_frame_size)
+            if size < TINY_FRAME and size == window and self._dribbled():
+                return data
             if size == len(data):
                 chunk, data = data, b""
             else:
@@ -489,6 +494,14 @@ class H2Protocol(PendingSends, BaseConnection):
             if self.write_paused:
                 return data
         return data
+
+    def _dribbled(self) -> bool:
+        """A DATA frame cut tiny by a tiny window: data dribble (CVE-2019-9511) makes us
+        frame a body a few bytes at a time. True once that closed the connection."""
+        if self._tiny.hit(self.loop.time()):
+            self._calm("h2_max_tiny_frames_per_window", self._tiny.count)
+            return True
+        return False
 
     def _sent(self, size: int) -> None:
         self._unflushed += size
@@ -519,6 +532,8 @@ class H2Protocol(PendingSends, BaseConnection):
                     continue
                 data = pending.data
                 size = min(window, len(data), h2conn.max_outbound_frame_size)
+                if size < TINY_FRAME and size == window and self._dribbled():
+                    return
                 if size == len(data):
                     chunk, data = data, b""
                 else:

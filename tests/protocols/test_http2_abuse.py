@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hyperframe.frame import DataFrame, GoAwayFrame
 
 from multiplex.protocols.http2 import H2Protocol
 from tests.conftest import RunningServer
@@ -385,3 +386,63 @@ def test_priority_inside_request_headers_is_not_counted(serve: Serve) -> None:
             block = struct.pack(">LB", 0, 15) + conn.encode(request_headers("/"))
             conn.send_frame(HEADERS, END_STREAM | END_HEADERS | 0x20, stream_id, block)
             assert conn.read_response(stream_id).status == 200
+
+
+async def big_body(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"d" * 100_000})
+
+
+def test_data_dribble_is_enhance_your_calm(
+    run_server: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CVE-2019-9511: a window of one byte, grown one byte at a time, makes the server
+    frame the body a byte per DATA frame; past h2_max_tiny_frames_per_window, calm."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = run_server(big_body, h2c=True, h2_max_tiny_frames_per_window=50)
+    with RawH2(running.port) as conn:
+        conn.handshake({INITIAL_WINDOW_SIZE: 1})
+        conn.send_headers(1, request_headers("/"))
+        frame = conn.read_frame()
+        while frame is not None and not isinstance(frame, DataFrame):
+            frame = conn.read_frame()  # the first byte, which the initial window allows
+        for _ in range(100):
+            # One byte more, then wait for the one-byte frame it buys (updates sent
+            # together would add up to one bigger window).
+            conn.send_frame(WINDOW_UPDATE_FRAME, 0, 1, struct.pack(">L", 1))
+            frame = conn.read_frame()
+            while frame is not None and not isinstance(frame, (DataFrame, GoAwayFrame)):
+                frame = conn.read_frame()
+            if not isinstance(frame, DataFrame):
+                break
+            assert len(frame.data) < 128  # tiny, as the window made it
+        assert isinstance(frame, GoAwayFrame), frame
+        assert frame.error_code == ENHANCE_YOUR_CALM
+    with RawH2(running.port) as good:  # another connection is served meanwhile
+        good.handshake()
+        good.send_headers(1, request_headers("/"))
+        assert good.read_response(1).status == 200
+    assert "h2_max_tiny_frames_per_window" in caplog.text
+
+
+def test_a_small_window_alone_is_served(run_server: Serve) -> None:
+    """A one-byte window is legal (h2spec sends one): a few tiny frames are fine."""
+    running = run_server(big_body, h2c=True, h2_max_tiny_frames_per_window=50)
+    with RawH2(running.port) as conn:
+        conn.handshake({INITIAL_WINDOW_SIZE: 1})
+        conn.send_headers(1, request_headers("/"))
+        first = conn.read_frame()
+        while first is not None and not isinstance(first, DataFrame):
+            first = conn.read_frame()
+        assert first is not None and len(first.data) == 1
+        conn.send_frame(WINDOW_UPDATE_FRAME, 0, 1, struct.pack(">L", 200_000))
+        conn.send_frame(WINDOW_UPDATE_FRAME, 0, 0, struct.pack(">L", 200_000))
+        received = len(first.data)
+        while True:
+            frame = conn.read_frame()
+            assert frame is not None and not isinstance(frame, GoAwayFrame), frame
+            if isinstance(frame, DataFrame):
+                received += len(frame.data)
+                if "END_STREAM" in frame.flags:
+                    break
+    assert received == 100_000
