@@ -341,6 +341,11 @@ class Config:
     ws_max_message_size: int = _opt(
         16 * MiB, "WebSocket: largest incoming message, in bytes (close 1009 beyond)."
     )
+    ws_max_pending_pongs: int = _opt(
+        32,
+        "WebSocket: pongs waiting for a peer that pings faster than it reads; the oldest"
+        " are dropped beyond (RFC 6455 5.5.3 asks only for the latest).",
+    )
     ws_max_queue: int = _opt(
         32,
         "WebSocket: incoming messages queued for an app that is not reading before the"

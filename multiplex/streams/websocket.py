@@ -58,8 +58,6 @@ logger = logging.getLogger("multiplex")
 # over (or the connection failed). RESPONSE / RESPONDED: denied with an HTTP response.
 CONNECTING, OPEN, CLOSING, CLOSED, RESPONSE, RESPONDED = range(6)
 
-_MAX_PONGS = 32
-
 
 class _BoundedDeflate(PerMessageDeflate):
     """permessage-deflate that refuses to inflate a message beyond `limit` bytes.
@@ -177,7 +175,7 @@ class WebSocketStream:
         self.controls: deque[tuple[bytes, bool]] = deque()  # close frames, end of stream
         # Pongs waiting to go out, in order. Bounded: a peer that pings faster than it
         # reads loses the oldest answers (RFC 6455 5.5.3 asks only for the latest).
-        self.pongs: deque[bytes] = deque(maxlen=_MAX_PONGS)
+        self.pongs: deque[bytes] = deque(maxlen=server.config.ws_max_pending_pongs)
         self.control_task: asyncio.Task[None] | None = None
         self.ping_handle: asyncio.TimerHandle | None = None
         self.pong_handle: asyncio.TimerHandle | None = None
