@@ -232,6 +232,7 @@ class H3Protocol(PendingSends):
         stream = open_stream(self, stream_id, request, self.info, self.server)
         self.streams[stream_id] = stream
         self.unread[stream_id] = 0
+        self.quic.hold(stream_id)  # its stream slot comes back when the app is done
         if isinstance(stream, WebTransportStream):
             self._wt_sessions[stream_id] = stream
         stream.start()
