@@ -316,6 +316,24 @@ class Config:
         "QUIC: request streams the client may reset (RESET_STREAM or STOP_SENDING) per"
         " window; the connection is closed with H3_EXCESSIVE_LOAD beyond (Rapid Reset).",
     )
+    quic_max_field_section_size: int = _opt(
+        64 * KiB,
+        "HTTP/3 SETTINGS_MAX_FIELD_SECTION_SIZE: largest decoded request header list"
+        " (RFC 9114 sizes: name + value + 32 per field); 431 beyond. A QPACK block that"
+        " could decode to over 16 times this closes the connection (H3_EXCESSIVE_LOAD)"
+        " without being decoded.",
+    )
+    quic_qpack_max_table_capacity: int = _opt(
+        4 * KiB,
+        "HTTP/3 SETTINGS_QPACK_MAX_TABLE_CAPACITY: bytes of QPACK dynamic table a client"
+        " may fill on each connection (0: static table only).",
+    )
+    quic_qpack_blocked_streams: int = _opt(
+        16,
+        "HTTP/3 SETTINGS_QPACK_BLOCKED_STREAMS: streams whose headers may wait for QPACK"
+        " encoder instructions at once; more close the connection"
+        " (QPACK_DECOMPRESSION_FAILED).",
+    )
     quic_send_ahead: int = _opt(
         64 * KiB,
         "QUIC: response bytes handed to the QUIC stack ahead of what it has sent, all"

@@ -10,10 +10,12 @@ import logging
 from typing import Any
 
 import pytest
+from aioquic.h3.connection import FrameType, Setting, encode_frame
 
+from multiplex.config import Config
 from tests import apps
 from tests.conftest import RunningServer
-from tests.protocols.h3client import h3_connect
+from tests.protocols.h3client import H3Client, Response, h3_connect
 from tests.protocols.test_http3 import (
     RunServer,
     ca,
@@ -25,6 +27,7 @@ from tests.protocols.test_http3 import (
 pytestmark = pytest.mark.timeout(60)
 H3_EXCESSIVE_LOAD = 0x107
 STREAM_LIMIT_ERROR = 0x4
+QPACK_DECOMPRESSION_FAILED = 0x200
 
 
 async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -259,3 +262,193 @@ def test_a_client_holding_every_stream_does_not_stop_others(
         assert run_async(scenario()) == [200] * 4
     finally:
         hang.release(running.loop)
+
+
+# --- QPACK and header lists -----------------------------------------------------------------
+
+
+def qint(value: int, prefix: int, flags: int = 0) -> bytes:
+    """A QPACK/HPACK integer with an N-bit prefix (RFC 7541 section 5.1)."""
+    mask = (1 << prefix) - 1
+    if value < mask:
+        return bytes([flags | value])
+    out = bytearray([flags | mask])
+    value -= mask
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# A GET / for localhost, from the static table (RFC 9204 appendix A): :method GET (17),
+# :scheme https (23), :path / (1), and :authority (0) with a literal value.
+STATIC_GET = b"\xd1\xd7\xc1" + b"\x50" + qint(9, 7) + b"localhost"
+
+
+class DeafEncoder:
+    """The client's QPACK encoder, deaf to the server's acknowledgements: the test
+    writes its own encoder instructions, which aioquic's encoder would not recognise."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def apply_settings(self, max_table_capacity: int, blocked_streams: int) -> bytes:
+        return bytes(self.real.apply_settings(max_table_capacity, blocked_streams))
+
+    def encode(self, stream_id: int, headers: Any) -> tuple[bytes, bytes]:
+        return tuple(self.real.encode(stream_id, headers))  # type: ignore[return-value]
+
+    def feed_decoder(self, data: bytes) -> None:
+        pass
+
+
+def raw_request(client: H3Client, block: bytes) -> Response:
+    """A request whose HEADERS frame carries `block` as it is."""
+    stream_id = client.quic.get_next_available_stream_id()
+    response = client.responses[stream_id] = Response(stream_id)
+    client.quic.send_stream_data(stream_id, encode_frame(FrameType.HEADERS, block), True)
+    client.transmit()
+    return response
+
+
+async def settings_of(client: H3Client) -> dict[int, int]:
+    while client.h3.received_settings is None:
+        await asyncio.sleep(0.01)
+    return dict(client.h3.received_settings)
+
+
+async def insert_entry(client: H3Client, name: bytes, value: bytes) -> None:
+    """Put one entry in the server's QPACK dynamic table (absolute index 0)."""
+    await settings_of(client)  # aioquic's own encoder sets its capacity then
+    client.h3._encoder = DeafEncoder(client.h3._encoder)
+    instructions = (
+        qint(4096, 5, 0x20)  # Set Dynamic Table Capacity
+        + qint(len(name), 5, 0x40)  # Insert with Literal Name
+        + name
+        + qint(len(value), 7)
+        + value
+    )
+    encoder_stream = client.h3._local_encoder_stream_id
+    assert encoder_stream is not None
+    client.quic.send_stream_data(encoder_stream, instructions)
+    client.transmit()
+
+
+def test_qpack_settings_come_from_the_config(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    running = quic_server(
+        run_server,
+        tls_config,
+        apps.hello,
+        quic_qpack_max_table_capacity=1024,
+        quic_qpack_blocked_streams=3,
+        quic_max_field_section_size=20_000,
+    )
+
+    async def scenario() -> dict[int, int]:
+        async with h3_connect(running.quic_port, ca(dev_certs)) as client:
+            return await settings_of(client)
+
+    settings = run_async(scenario())
+    assert settings[Setting.QPACK_MAX_TABLE_CAPACITY] == 1024
+    assert settings[Setting.QPACK_BLOCKED_STREAMS] == 3
+    assert settings[Setting.MAX_FIELD_SECTION_SIZE] == 20_000
+    defaults = Config()
+    assert (defaults.quic_qpack_max_table_capacity, defaults.quic_qpack_blocked_streams) == (
+        4096,
+        16,
+    )
+
+
+def test_header_list_over_the_limit_gets_431(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    """100 KB of header fields get 431 without reaching the app; 60 KB are served (the
+    limit is 64 KiB), on the same connection."""
+    served: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            served.append(scope["path"])
+            await apps.hello(scope, receive, send)
+
+    running = quic_server(run_server, tls_config, app)
+
+    async def scenario() -> tuple[int, int]:
+        async with h3_connect(running.quic_port, ca(dev_certs)) as client:
+            # 4,000 bytes a field: pylsqpack's encoder takes no field value much longer.
+            huge = await client.request("/huge", headers=[(b"x-big", b"a" * 4000)] * 25)
+            fine = await client.request("/fine", headers=[(b"x-big", b"a" * 4000)] * 15)
+            return huge.status, fine.status
+
+    assert run_async(scenario()) == (431, 200)
+    assert served == ["/fine"]
+
+
+def test_qpack_references_past_the_limit_get_431(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    """A 40-byte block of 20 references to one 4 KB dynamic table entry decodes to 80 KB:
+    431; the connection goes on."""
+    running = quic_server(run_server, tls_config, apps.hello)
+
+    async def scenario() -> tuple[int, int]:
+        async with h3_connect(running.quic_port, ca(dev_certs)) as client:
+            await insert_entry(client, b"x-bomb", b"b" * 4000)
+            # Required Insert Count 1 (encoded as 2), Base 1; index 0 is relative 0.
+            block = b"\x02\x00" + STATIC_GET + b"\x80" * 20
+            bomb = await asyncio.wait_for(raw_request(client, block).done, 10)
+            after = await client.request("/")
+            return bomb.status, after.status
+
+    assert run_async(scenario()) == (431, 200)
+
+
+def test_qpack_bomb_closes_the_connection_undecoded(
+    run_server: RunServer,
+    tls_config: dict[str, Any],
+    dev_certs: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """200,000 references to a 4 KB entry (a 200 KB block that would decode to 800 MB):
+    the connection closes with H3_EXCESSIVE_LOAD before anything is decoded, and
+    another connection is served."""
+    caplog.set_level(logging.WARNING, "multiplex")
+    running = quic_server(run_server, tls_config, apps.hello)
+
+    async def scenario() -> tuple[int | None, int]:
+        async with h3_connect(running.quic_port, ca(dev_certs)) as abuser:
+            await insert_entry(abuser, b"x-bomb", b"b" * 4000)
+            raw_request(abuser, b"\x02\x00" + STATIC_GET + b"\x80" * 200_000)
+            await asyncio.wait_for(abuser.closed, 20)
+            code = abuser.terminated.error_code if abuser.terminated else None
+        async with h3_connect(running.quic_port, ca(dev_certs)) as good:
+            status = (await good.request("/")).status
+        return code, status
+
+    assert run_async(scenario()) == (H3_EXCESSIVE_LOAD, 200)
+    assert "quic_max_field_section_size" in caplog.text
+
+
+def test_qpack_blocked_streams_are_bounded(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    """Header blocks that wait for table entries that never come: as many as
+    quic_qpack_blocked_streams may wait, one more closes the connection
+    (QPACK_DECOMPRESSION_FAILED)."""
+    running = quic_server(run_server, tls_config, apps.hello, quic_qpack_blocked_streams=2)
+    blocked = b"\x02\x00" + STATIC_GET + b"\x80"  # needs entry 0, never inserted
+
+    async def scenario() -> tuple[int, int | None]:
+        async with h3_connect(running.quic_port, ca(dev_certs)) as abuser:
+            await settings_of(abuser)
+            for _ in range(2):
+                raw_request(abuser, blocked)
+            status = (await abuser.request("/")).status  # still fine with two waiting
+            raw_request(abuser, blocked)
+            await asyncio.wait_for(abuser.closed, 10)
+            return status, abuser.terminated.error_code if abuser.terminated else None
+
+    assert run_async(scenario()) == (200, QPACK_DECOMPRESSION_FAILED)
