@@ -15,12 +15,15 @@ from aioquic.h3.connection import FrameType, Setting, encode_frame
 from multiplex.config import Config
 from tests import apps
 from tests.conftest import RunningServer
-from tests.protocols.h3client import H3Client, Response, h3_connect
+from tests.protocols.h3client import H3Client, Response, client_configuration, h3_connect
 from tests.protocols.test_http3 import (
+    MiB,
     RunServer,
+    Sampler,
     ca,
     quic_server,
     run_async,
+    send_buffers,
     wait_for,
 )
 
@@ -452,3 +455,63 @@ def test_qpack_blocked_streams_are_bounded(
             return status, abuser.terminated.error_code if abuser.terminated else None
 
     assert run_async(scenario()) == (200, QPACK_DECOMPRESSION_FAILED)
+
+
+# --- a reader that stops -------------------------------------------------------------------
+
+
+def test_client_that_stops_acknowledging_holds_back_the_app(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    """The app tries to send 50 MiB in 64 KiB messages to a client with windows large
+    enough for all of it, which then reads nothing more (no ACKs): what the server holds
+    for the connection stays within quic_send_buffer + one message, and the app waits
+    in send() instead of handing over the rest."""
+    chunk = 64 * 1024
+    total = 50 * MiB
+    progress = {"sent": 0, "waiting": False, "done": False}
+
+    async def flood(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        data = b"x" * chunk
+        try:
+            while progress["sent"] < total:
+                progress["waiting"] = True
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+                progress["waiting"] = False
+                progress["sent"] += chunk
+        except Exception:
+            pass  # the client has gone
+        finally:
+            progress["done"] = True
+
+    limit = Config().quic_send_buffer
+    # Send-ahead as large as the stream's bound, so that it is quic_send_buffer (not the
+    # scheduler's connection-wide send-ahead) that holds the bytes back here.
+    running = quic_server(run_server, tls_config, flood, quic_send_ahead=limit)
+    bound = limit + chunk + 16  # one app message and its DATA frame header
+
+    def connection_buffers() -> list[int]:
+        return [sum(send_buffers(running))]
+
+    configuration = client_configuration(ca(dev_certs), max_stream_data=64 * MiB, max_data=64 * MiB)
+    with Sampler(connection_buffers) as sampler:
+
+        async def scenario() -> tuple[int, bool, int]:
+            async with h3_connect(running.quic_port, configuration=configuration) as client:
+                response = client.start("/")
+                await asyncio.to_thread(wait_for, lambda: response.received > MiB, 20, "1 MiB")
+                client.datagram_received = lambda data, addr: None  # type: ignore[method-assign]
+                await asyncio.to_thread(sampler.settle, limit // 2)
+                first = progress["sent"]
+                await asyncio.sleep(0.5)
+                stuck = progress["sent"] == first and progress["waiting"]
+                return int(progress["sent"]), stuck, response.received
+
+        sent, stuck, received = run_async(scenario())
+    assert stuck, "the app went on sending to a client that acknowledges nothing"
+    assert sent - received <= bound, (sent, received)
+    assert limit // 2 <= sampler.peak <= bound, sampler.peak
+    wait_for(lambda: bool(progress["done"]), 20, "the app to see the client gone")
