@@ -283,7 +283,10 @@ class Config:
         10.0, "QUIC: forget a connection whose handshake has not completed in this long."
     )
     quic_max_streams: int = _opt(
-        100, "HTTP/3: request streams a client may have open at once (QUIC MAX_STREAMS)."
+        100,
+        "HTTP/3: request streams a client may have open at once (QUIC MAX_STREAMS). A"
+        " stream's slot comes back when its app is done, not when the client resets it,"
+        " so this also bounds the app tasks of a connection.",
     )
     quic_max_data: int = _opt(
         1 * MiB, "QUIC: request body bytes all streams of a connection may have unread."
