@@ -288,7 +288,10 @@ class Config:
         10.0, "QUIC: forget a connection whose handshake has not completed in this long."
     )
     quic_max_streams: int = _opt(
-        100, "HTTP/3: request streams a client may have open at once (QUIC MAX_STREAMS)."
+        100,
+        "HTTP/3: request streams a client may have open at once (QUIC MAX_STREAMS). A"
+        " stream's slot comes back when its app is done, not when the client resets it,"
+        " so this also bounds the app tasks of a connection.",
     )
     quic_max_data: int = _opt(
         1 * MiB, "QUIC: request body bytes all streams of a connection may have unread."
@@ -320,6 +323,24 @@ class Config:
         200,
         "QUIC: request streams the client may reset (RESET_STREAM or STOP_SENDING) per"
         " window; the connection is closed with H3_EXCESSIVE_LOAD beyond (Rapid Reset).",
+    )
+    quic_max_field_section_size: int = _opt(
+        64 * KiB,
+        "HTTP/3 SETTINGS_MAX_FIELD_SECTION_SIZE: largest decoded request header list"
+        " (RFC 9114 sizes: name + value + 32 per field); 431 beyond. A QPACK block that"
+        " could decode to over 16 times this closes the connection (H3_EXCESSIVE_LOAD)"
+        " without being decoded.",
+    )
+    quic_qpack_max_table_capacity: int = _opt(
+        4 * KiB,
+        "HTTP/3 SETTINGS_QPACK_MAX_TABLE_CAPACITY: bytes of QPACK dynamic table a client"
+        " may fill on each connection (0: static table only).",
+    )
+    quic_qpack_blocked_streams: int = _opt(
+        16,
+        "HTTP/3 SETTINGS_QPACK_BLOCKED_STREAMS: streams whose headers may wait for QPACK"
+        " encoder instructions at once; more close the connection"
+        " (QPACK_DECOMPRESSION_FAILED).",
     )
     quic_send_ahead: int = _opt(
         64 * KiB,

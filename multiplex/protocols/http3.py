@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aioquic.buffer import encode_uint_var
-from aioquic.h3.connection import H3Connection, ProtocolError, encode_frame
+from aioquic.h3.connection import ProtocolError, encode_frame
 from aioquic.h3.events import (
     DatagramReceived,
     DataReceived,
@@ -28,6 +28,7 @@ from multiplex.protocols.fields import STATUS, request_from_fields, response_fie
 from multiplex.protocols.h3control import PrioritySniffer, PriorityUpdate
 from multiplex.protocols.limits import RateWindow
 from multiplex.protocols.pending import PendingSends
+from multiplex.protocols.qpack import BoundedH3Connection, field_section_size
 from multiplex.scheduling import DEFAULT_PRIORITY, PendingSend, Priority, Scheduler, parse_priority
 from multiplex.streams import WebTransportStream, open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, Stream
@@ -67,7 +68,14 @@ class H3Protocol(PendingSends):
         self.server = endpoint.server
         self.config = self.server.config
         self.quic = quic
-        self.h3 = H3Connection(quic, enable_webtransport=self.config.webtransport)
+        self.h3 = BoundedH3Connection(
+            quic,
+            enable_webtransport=self.config.webtransport,
+            max_table_capacity=self.config.quic_qpack_max_table_capacity,
+            blocked_streams=self.config.quic_qpack_blocked_streams,
+            max_field_section_size=self.config.quic_max_field_section_size,
+            client=addr,
+        )
         self.loop = endpoint.loop
         self.info = ConnectionInfo(
             "3",
@@ -202,6 +210,8 @@ class H3Protocol(PendingSends):
             return
         if stream_id > self._highest_request_id:
             self._highest_request_id = stream_id
+        if self._fields_too_large(stream_id, event.headers):
+            return
         early = not self.quic.handshake_complete
         request = request_from_fields(event.headers, self.config.webtransport)
         if isinstance(request, int):
@@ -232,6 +242,7 @@ class H3Protocol(PendingSends):
         stream = open_stream(self, stream_id, request, self.info, self.server)
         self.streams[stream_id] = stream
         self.unread[stream_id] = 0
+        self.quic.hold(stream_id)  # its stream slot comes back when the app is done
         if isinstance(stream, WebTransportStream):
             self._wt_sessions[stream_id] = stream
         stream.start()
@@ -777,6 +788,23 @@ class H3Protocol(PendingSends):
             self.quic.close(error_code=H3_NO_ERROR, reason_phrase="server shutting down")
             self.transmit()
             self._terminated()
+
+    # --- abuse bounds ----------------------------------------------------------------
+
+    def _fields_too_large(self, stream_id: int, headers: Headers) -> bool:
+        """A request whose decoded header list is over quic_max_field_section_size gets
+        431 (RFC 9114 section 4.2.2) and never reaches the app."""
+        limit = self.config.quic_max_field_section_size
+        if field_section_size(headers) <= limit:
+            return False
+        logger.info(
+            "HTTP/3 stream %s from %s: header list over quic_max_field_section_size = %d",
+            stream_id,
+            self.info.client,
+            limit,
+        )
+        self._refuse(stream_id, 431)
+        return True
 
 
 def _tls_extension(endpoint: QuicEndpoint) -> dict[str, Any]:

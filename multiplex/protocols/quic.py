@@ -28,6 +28,7 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
+from aioquic.quic.stream import QuicStream
 from aioquic.tls import SessionTicket
 
 from multiplex.config import Config
@@ -101,8 +102,20 @@ class CreditedQuicConnection(QuicConnection):
         self.stream_consumed[stream_id] = self.stream_consumed.get(stream_id, 0) + n
         self.unread -= n
 
+    def hold(self, stream_id: int) -> None:
+        """An app runs for this request stream: until `forget()`, aioquic keeps the
+        stream, so the client gets no new stream (MAX_STREAMS) for it. Otherwise a
+        client that resets its requests could have any number of apps running while
+        it never has more than quic_max_streams streams open (Rapid Reset)."""
+        stream = self._streams.get(stream_id)
+        if stream is not None and type(stream) is QuicStream:
+            stream.__class__ = _HeldStream
+
     def forget(self, stream_id: int, unread: int) -> None:
         """The stream is finished: what it left unread no longer holds the window."""
+        stream = self._streams.get(stream_id)
+        if stream is not None and type(stream) is _HeldStream:
+            cast(QuicStream, stream).__class__ = QuicStream  # discarded once both sides are done
         self.stream_consumed.pop(stream_id, None)
         self.unread -= unread
         self._discounted.discard(stream_id)
@@ -171,6 +184,14 @@ class CreditedQuicConnection(QuicConnection):
     def send_credit(self) -> int:
         """Connection flow-control credit left for bytes not yet handed to aioquic."""
         return int(self._remote_max_data) - self.queued
+
+
+class _HeldStream(QuicStream):
+    """A QuicStream that aioquic may not discard yet: see `CreditedQuicConnection.hold`."""
+
+    @property
+    def is_finished(self) -> bool:
+        return False
 
 
 class _NoEarlyDataContext(tls.Context):

@@ -1,0 +1,176 @@
+"""QPACK limits for HTTP/3: the dynamic table and blocked streams we announce come from
+the config, and no header block gets decoded that could blow up in memory.
+
+aioquic hard-codes its QPACK settings (4096 bytes of table, 16 blocked streams) and
+announces no SETTINGS_MAX_FIELD_SECTION_SIZE; pylsqpack decodes a whole block into
+Python bytes before anyone can look at its size. A block of one-byte references to a
+4 KiB dynamic table entry expands about 4,000 times (a QPACK bomb: 1 GiB from the 256
+KiB a request stream's window lets in). So before decoding, a cheap walk over the
+block's field lines (integers and string lengths, nothing decoded) bounds what it can
+decode to; a block whose bound is over `BOMB_FACTOR` times the limit closes the
+connection (H3_EXCESSIVE_LOAD), one under it is decoded and then measured exactly by
+the protocol, which refuses it with 431 if it is over the limit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pylsqpack
+from aioquic.h3.connection import (
+    ErrorCode,
+    H3Connection,
+    ProtocolError,
+    QpackDecompressionFailed,
+    Setting,
+)
+from aioquic.quic.connection import QuicConnection
+
+logger = logging.getLogger("multiplex")
+
+# A block that could decode to this many times the limit is not decoded at all. Legitimate
+# blocks reach their bound only by referring to large dynamic entries many times: 16 times
+# the 64 KiB default still allows 256 references to full 4 KiB entries.
+BOMB_FACTOR = 16
+# RFC 9114 section 4.2.2: a field's size is its name and value plus 32 bytes.
+FIELD_OVERHEAD = 32
+# Static table entries are all under 96 bytes with the overhead (RFC 9204 appendix A).
+STATIC_ENTRY_BOUND = 128
+
+
+class ExcessiveLoad(ProtocolError):
+    error_code = ErrorCode.H3_EXCESSIVE_LOAD
+
+
+class BoundedH3Connection(H3Connection):
+    """aioquic's H3Connection with our QPACK settings and a size bound on decoding."""
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        *,
+        enable_webtransport: bool,
+        max_table_capacity: int,
+        blocked_streams: int,
+        max_field_section_size: int,
+        client: Any = None,
+    ) -> None:
+        # Read by _get_local_settings(), which the base __init__ calls to send SETTINGS.
+        self._limits = (max_table_capacity, blocked_streams, max_field_section_size)
+        self._client = client
+        super().__init__(quic, enable_webtransport=enable_webtransport)
+        self._max_table_capacity = max_table_capacity
+        self._blocked_streams = blocked_streams
+        # The base made a 4096/16 decoder; nothing has reached it yet.
+        self._decoder = pylsqpack.Decoder(max_table_capacity, blocked_streams)
+        self.max_field_section_size = max_field_section_size
+        # What a reference to a table entry (static or dynamic) can decode to at most.
+        self._entry_bound = max(max_table_capacity, STATIC_ENTRY_BOUND)
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings = super()._get_local_settings()
+        capacity, blocked, field_section = self._limits
+        settings[Setting.QPACK_MAX_TABLE_CAPACITY] = capacity
+        settings[Setting.QPACK_BLOCKED_STREAMS] = blocked
+        settings[Setting.MAX_FIELD_SECTION_SIZE] = field_section
+        return settings
+
+    def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> Any:
+        # frame_data is None when a blocked block resumes: it was measured on arrival.
+        # Every byte of a block is at most one reference, so short blocks (the usual
+        # request's few dozen bytes) need no walk.
+        ceiling = BOMB_FACTOR * self.max_field_section_size
+        if frame_data is not None and len(frame_data) * self._entry_bound > ceiling:
+            bound = decoded_size_bound(frame_data, self._entry_bound)
+            if bound > ceiling:
+                logger.warning(
+                    "HTTP/3 connection from %s: a %d-byte QPACK block on stream %d could"
+                    " decode to %d bytes, over %d x quic_max_field_section_size = %d;"
+                    " closing with H3_EXCESSIVE_LOAD",
+                    self._client,
+                    len(frame_data),
+                    stream_id,
+                    bound,
+                    BOMB_FACTOR,
+                    self.max_field_section_size,
+                )
+                raise ExcessiveLoad("header block too large")
+        return super()._decode_headers(stream_id, frame_data)
+
+
+def field_section_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """The decoded size of a header list as RFC 9114 section 4.2.2 counts it."""
+    size = 0
+    for name, value in headers:
+        size += len(name) + len(value) + FIELD_OVERHEAD
+    return size
+
+
+def decoded_size_bound(block: bytes, entry_bound: int) -> int:
+    """An upper bound on what an encoded field section (RFC 9204 section 4.5) decodes
+    to, by RFC 9114's measure, without decoding it: each reference to a table entry
+    counts `entry_bound`, each string literal its length (8/5 of it if Huffman-coded:
+    no Huffman code is shorter than 5 bits). A malformed block fails here as it would
+    in the decoder: QPACK_DECOMPRESSION_FAILED."""
+    try:
+        _, pos = _integer(block, 0, 8)  # Required Insert Count
+        _, pos = _integer(block, pos, 7)  # sign bit and Delta Base
+        total = 0
+        end = len(block)
+        while pos < end:
+            first = block[pos]
+            if first & 0x80:  # indexed field line
+                _, pos = _integer(block, pos, 6)
+                total += entry_bound
+            elif first & 0xC0 == 0x40:  # literal with name reference
+                _, pos = _integer(block, pos, 4)
+                size, pos = _string(block, pos, 7)
+                total += entry_bound + size
+            elif first & 0xE0 == 0x20:  # literal with literal name
+                name, pos = _string(block, pos, 3)
+                value, pos = _string(block, pos, 7)
+                total += name + value + FIELD_OVERHEAD
+            elif first & 0xF0 == 0x10:  # indexed field line, post-base index
+                _, pos = _integer(block, pos, 4)
+                total += entry_bound
+            else:  # literal with post-base name reference
+                _, pos = _integer(block, pos, 3)
+                size, pos = _string(block, pos, 7)
+                total += entry_bound + size
+        if pos > end:
+            raise IndexError
+    except IndexError:
+        raise QpackDecompressionFailed() from None
+    return total
+
+
+def _integer(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
+    """An integer with an N-bit prefix (RFC 7541 section 5.1) at `pos`; the value and
+    the position after it."""
+    mask = (1 << prefix) - 1
+    value = data[pos] & mask
+    pos += 1
+    if value < mask:
+        return value, pos
+    shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+        if shift > 62:
+            raise IndexError  # no QPACK integer is this long
+
+
+def _string(data: bytes, pos: int, prefix: int) -> tuple[int, int]:
+    """A string literal whose length has an N-bit prefix and whose Huffman flag is the
+    bit above it: the most it decodes to, and the position after it."""
+    huffman = data[pos] & (1 << prefix)
+    length, pos = _integer(data, pos, prefix)
+    pos += length
+    if pos > len(data):
+        raise IndexError
+    return (length * 8 // 5 if huffman else length), pos
