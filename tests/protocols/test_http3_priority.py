@@ -46,11 +46,12 @@ def waiting(running: Any) -> int:
     return int(running.call(count))
 
 
-def priority_of(running: Any, stream_id: int) -> tuple[int, bool]:
-    def look() -> tuple[int, bool]:
+def priority_of(running: Any, stream_id: int) -> tuple[int, bool] | None:
+    def look() -> tuple[int, bool] | None:
+        # The live connection with that stream (an earlier attempt's may still linger).
         protocols = {p for e in running.server.quic_endpoints for p in e.connections.values()}
-        (protocol,) = protocols
-        return protocol._sched.priority(stream_id)  # type: ignore[no-any-return]
+        live = [p for p in protocols if not p.closed and stream_id in p.streams]
+        return live[-1]._sched.priority(stream_id) if live else None
 
     return running.call(look)  # type: ignore[no-any-return]
 
