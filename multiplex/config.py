@@ -223,6 +223,12 @@ class Config:
     h2_max_header_list_size: int = _opt(
         64 * KiB, "HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: largest decoded header list we accept."
     )
+    h2_max_hpack_table_size: int = _opt(
+        4 * KiB,
+        "HTTP/2: largest HPACK dynamic table we keep to compress responses, whatever"
+        " SETTINGS_HEADER_TABLE_SIZE the client offers (one offering 4 GiB would have us"
+        " remember every response field sent on the connection).",
+    )
     h2_max_header_block_size: int = _opt(
         128 * KiB,
         "HTTP/2: largest encoded header block (HEADERS plus its CONTINUATION frames);"
