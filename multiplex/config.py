@@ -199,6 +199,11 @@ class Config:
     h11_max_incomplete_event_size: int = _opt(
         16 * KiB, "HTTP/1.1: longest request line plus headers, in bytes (431 beyond)."
     )
+    h11_max_header_count: int = _opt(
+        100,
+        "HTTP/1.1: most header fields in one request (431 and close beyond); many tiny"
+        " fields cost more per byte than a few long ones.",
+    )
 
     # --- HTTP/2 limits and settings -----------------------------------------------------
     h2_max_concurrent_streams: int = _opt(
@@ -217,6 +222,12 @@ class Config:
     )
     h2_max_header_list_size: int = _opt(
         64 * KiB, "HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE: largest decoded header list we accept."
+    )
+    h2_max_hpack_table_size: int = _opt(
+        4 * KiB,
+        "HTTP/2: largest HPACK dynamic table we keep to compress responses, whatever"
+        " SETTINGS_HEADER_TABLE_SIZE the client offers (one offering 4 GiB would have us"
+        " remember every response field sent on the connection).",
     )
     h2_max_header_block_size: int = _opt(
         128 * KiB,
@@ -239,8 +250,9 @@ class Config:
     )
     h2_max_control_frames_per_window: int = _opt(
         500,
-        "HTTP/2: PING and SETTINGS frames (which we must acknowledge) per window;"
-        " GOAWAY ENHANCE_YOUR_CALM beyond (CVE-2019-9512, CVE-2019-9515).",
+        "HTTP/2: PING and SETTINGS frames (which we must acknowledge), RFC 7540 PRIORITY"
+        " and PRIORITY_UPDATE frames, per window; GOAWAY ENHANCE_YOUR_CALM beyond"
+        " (CVE-2019-9512, CVE-2019-9515, CVE-2019-9513).",
     )
     h2_max_tiny_frames_per_window: int = _opt(
         1000,

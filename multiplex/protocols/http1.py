@@ -224,6 +224,11 @@ class H11Protocol(BaseConnection):
         if size > self.config.h11_max_incomplete_event_size:
             self._reject(431, "request header fields too large")
             return
+        if len(event.headers) > self.config.h11_max_header_count:
+            self._reject(
+                431, f"more than h11_max_header_count = {self.config.h11_max_header_count} fields"
+            )
+            return
         headers: Headers = list(event.headers)
         websocket = _is_websocket(event.method, headers)
         if websocket:

@@ -297,7 +297,6 @@ class H2Protocol(PendingSends, BaseConnection):
         request.push = self.config.push and bool(self.h2.remote_settings.enable_push)
         self._new_stream(stream_id, request)
 
-
     def _on_unknown_frame(self, event: h2.events.UnknownFrameReceived) -> None:
         frame = event.frame
         if frame.type != _PRIORITY_UPDATE:
@@ -408,6 +407,8 @@ class H2Protocol(PendingSends, BaseConnection):
             return
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
             self._unblock_all()
+        if h2.settings.SettingCodes.HEADER_TABLE_SIZE in event.changed_settings:
+            self._cap_encoder_table()
 
     def _on_terminated(self, event: h2.events.ConnectionTerminated) -> None:
         self._peer_goaway = True
@@ -732,3 +733,16 @@ class H2Protocol(PendingSends, BaseConnection):
     def _peer(self) -> str:
         client = self.info.client
         return f"{client[0]}:{client[1]}" if client else "unix socket"
+
+    def _cap_encoder_table(self) -> None:
+        """h2 sized our HPACK encoder's dynamic table to the client's
+        SETTINGS_HEADER_TABLE_SIZE, which may be 2^32-1: every response field sent would
+        stay in memory (and be searched per field) for the connection's life. RFC 7541
+        section 4.2 lets an encoder use less than the decoder allows; the size update
+        that says so goes at the start of the next block."""
+        encoder = self.h2.encoder
+        cap = self.config.h2_max_hpack_table_size
+        if encoder.header_table_size > cap:
+            # Announce only the final size, not the oversized one h2 just set.
+            encoder.table_size_changes = [n for n in encoder.table_size_changes if n <= cap]
+            encoder.header_table_size = cap

@@ -211,3 +211,62 @@ def test_pipelining_flood_is_read_only_as_fast_as_answered(run_server: Serve) ->
             data += chunk
             answers = data.count(b"HTTP/1.1 200 ")
     assert answers == count
+
+
+def _reject_lines(caplog: pytest.LogCaptureFixture, what: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "multiplex"
+        and "Bad HTTP/1.1 request" in r.getMessage()
+        and what in r.getMessage()
+    ]
+
+
+def test_too_many_header_fields_get_431_and_close(
+    run_server: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Thousands of tiny fields within the byte limit: past h11_max_header_count the
+    request is answered 431 and the connection closed; the app never sees it."""
+    caplog.set_level(logging.INFO, "multiplex")
+    calls: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        calls.append(scope["path"])
+        await hello(scope, receive, send)
+
+    running = run_server(app, h11_max_header_count=50, h11_max_incomplete_event_size=64 * 1024)
+    fields = b"".join(b"x%d: \r\n" % i for i in range(2000))  # empty values: ~12 KB
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(b"GET /flood HTTP/1.1\r\nhost: x\r\n" + fields + b"\r\n")
+        answer = read_all(sock)  # EOF: closed after the answer
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+        assert b"connection: close" in answer.lower()
+        assert get(running).startswith(b"HTTP/1.1 200 ")  # served meanwhile
+    # Exactly at the limit is served, one more is not: host, connection and 48 more.
+    for extra, status in ((48, b"200"), (49, b"431")):
+        fields = b"".join(b"x%d: v\r\n" % i for i in range(extra))
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+            sock.sendall(
+                b"GET /within HTTP/1.1\r\nhost: x\r\nconnection: close\r\n" + fields + b"\r\n"
+            )
+            assert read_all(sock).startswith(b"HTTP/1.1 " + status + b" ")
+    assert "/flood" not in calls and "/within" in calls
+    assert len(_reject_lines(caplog, "h11_max_header_count = 50")) == 2
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["whole-head", "unfinished-head"])
+def test_huge_request_line_gets_431_and_close(
+    run_server: Serve, caplog: pytest.LogCaptureFixture, whole: bool
+) -> None:
+    """A request target longer than h11_max_incomplete_event_size, whether the head
+    arrives whole in one read or never ends."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = run_server(hello, h11_max_incomplete_event_size=16 * 1024)
+    head = b"GET /" + b"a" * 40_000 + b" HTTP/1.1\r\nhost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(head if whole else head[:-4])
+        answer = read_all(sock)
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+        assert get(running).startswith(b"HTTP/1.1 200 ")
+    assert len(_reject_lines(caplog, "")) == 1

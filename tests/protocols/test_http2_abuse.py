@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
+import hpack
 import pytest
-from hyperframe.frame import DataFrame, GoAwayFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, PingFrame, RstStreamFrame
 
 from multiplex.protocols.http2 import H2Protocol
 from tests.conftest import RunningServer
@@ -26,6 +28,7 @@ from tests.protocols.h2raw import (
     END_HEADERS,
     END_STREAM,
     ENHANCE_YOUR_CALM,
+    HEADER_TABLE_SIZE,
     HEADERS,
     INITIAL_WINDOW_SIZE,
     PING,
@@ -446,3 +449,206 @@ def test_a_small_window_alone_is_served(run_server: Serve) -> None:
                 if "END_STREAM" in frame.flags:
                     break
     assert received == 100_000
+
+
+def test_reset_flood_on_closed_streams_is_enhance_your_calm(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CVE-2019-9514 (reset flood): DATA on streams that are over makes the server send
+    RST_STREAM STREAM_CLOSED for each. Those resets are counted like the client's own
+    (`resets_sent`, per read): past h2_max_resets_per_window the connection ends, so the
+    resets it got stay within the limit plus one batch."""
+    caplog.set_level(logging.INFO, "multiplex")
+    limit, batch = 20, 5
+    running = serve(h2_max_resets_per_window=limit)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        for stream_id in (1, 3, 5):
+            conn.send_headers(stream_id, request_headers("/"))
+            assert conn.read_response(stream_id).status == 200
+        resets = 0
+        goaway = None
+        for _ in range(100):
+            out = b"".join(raw_frame(DATA, 0, 1 + 2 * (i % 3), b"x") for i in range(batch))
+            try:
+                conn.send(out + raw_frame(PING, 0, 0, b"barrier!"))
+            except OSError:
+                pass  # closed by now: the GOAWAY is waiting to be read
+            frame = conn.read_frame()
+            while frame is not None:
+                if isinstance(frame, RstStreamFrame):
+                    assert frame.error_code == STREAM_CLOSED
+                    resets += 1
+                elif isinstance(frame, GoAwayFrame):
+                    goaway = frame
+                    break
+                elif isinstance(frame, PingFrame):
+                    break
+                frame = conn.read_frame()
+            if goaway is not None or frame is None:
+                break
+        assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM, goaway
+        assert limit <= resets <= limit + batch, resets
+    assert_served(running)
+    lines = [r.getMessage() for r in caplog.records if "h2_max_resets_per_window" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1:" in lines[0], lines
+
+
+def _queued(running: RunningServer) -> int:
+    """What the server holds for its HTTP/2 peers that has not reached the kernel:
+    the transport's write buffer and h2's unflushed output, the largest connection."""
+    assert running.server.state is not None
+    state = running.server.state
+    return int(
+        running.call(
+            lambda: max(
+                (
+                    c.transport.get_write_buffer_size() + len(c.h2._data_to_send)
+                    for c in state.connections
+                    if isinstance(c, H2Protocol) and not c.closed
+                ),
+                default=0,
+            )
+        )
+    )
+
+
+@pytest.mark.parametrize("kind", ["SETTINGS", "RST_STREAM"])
+def test_answers_queued_for_a_peer_that_does_not_read_stay_bounded(serve: Serve, kind: str) -> None:
+    """CVE-2019-9515/9514 with a peer that reads nothing: SETTINGS (each ACKed) or DATA on
+    a finished stream (each answered RST_STREAM), with the rate limits out of the way.
+    What the server queues stays near its high-water mark, because it stops reading a
+    peer whose output it cannot write (the PING case is the test above)."""
+    running = serve(h2_max_control_frames_per_window=10**9, h2_max_resets_per_window=10**9)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", running.port))
+    sock.settimeout(2.0)
+    try:
+        opening = PREFACE + raw_frame(SETTINGS, 0, 0) + raw_frame(SETTINGS, ACK, 0)
+        if kind == "SETTINGS":
+            frame = raw_frame(SETTINGS, 0, 0, settings_payload({INITIAL_WINDOW_SIZE: 65535}))
+        else:
+            block = hpack.Encoder().encode(request_headers("/"), huffman=False)
+            opening += raw_frame(HEADERS, END_STREAM | END_HEADERS, 1, block)
+            frame = raw_frame(DATA, 0, 1, b"")  # 9 bytes in, a 13-byte RST_STREAM out
+        sock.sendall(opening)
+        chunk = frame * 4096
+        sent = 0
+        try:
+            while sent < 64 * 1024 * 1024:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except TimeoutError:
+            pass  # the server stopped reading us: what we expect
+        assert sent < 64 * 1024 * 1024  # it did stop
+        # The 64 KiB high-water mark plus what one read of ours turned into.
+        assert _queued(running) < 1024 * 1024
+        assert_served(running)
+    finally:
+        sock.close()
+
+
+MIB = 1024 * 1024
+_producing: dict[str, Any] = {}
+
+
+async def fifty_mib(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """50 MiB in 1 MiB sends; after each send returns, how much the server holds for
+    this connection (transport buffer plus h2's unflushed output) is recorded."""
+    if scope["path"] != "/big":
+        await app(scope, receive, send)
+        return
+    state = _producing["state"]
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    chunk = b"z" * MIB
+    for _ in range(50):
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        _producing["sent"] += len(chunk)
+        for c in state.connections:
+            if isinstance(c, H2Protocol) and not c.closed:
+                queued = c.transport.get_write_buffer_size() + len(c.h2._data_to_send)
+                _producing["max"] = max(_producing["max"], queued)
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_big_window_and_no_reading_keeps_our_buffer_bounded(run_server: Serve) -> None:
+    """CVE-2019-9517 (internal data buffering): the peer opens the largest windows and
+    does not read. The app produces 50 MiB; the server never holds more than its
+    write-buffer high-water mark plus one flush for it (the app's send() waits), and
+    the whole body still arrives once the peer reads."""
+    from multiplex.protocols.http2 import FLUSH_THRESHOLD
+
+    high = 64 * 1024
+    bound = high + FLUSH_THRESHOLD + 16 * 1024 + 1024
+    running = run_server(fifty_mib, h2c=True, write_buffer_high=high)
+    _producing.update(state=running.server.state, sent=0, max=0)
+    with RawH2(running.port) as conn:
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        conn.handshake({INITIAL_WINDOW_SIZE: 2**31 - 1})
+        conn.send_frame(WINDOW_UPDATE_FRAME, 0, 0, struct.pack(">L", 2**31 - 1 - 65535))
+        conn.send_headers(1, request_headers("/big"))
+        assert_served(running)  # others are served meanwhile
+        state = running.server.state
+        assert state is not None
+        for _ in range(1000):  # until the kernel buffers are full and the server waits
+            if running.call(
+                lambda: any(getattr(c, "write_paused", False) for c in state.connections)
+            ):
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the server never had to wait for this peer")
+        assert _queued(running) <= bound
+        assert _producing["sent"] < 50 * MIB  # held back by the peer, not buffered
+        received = 0
+        while True:
+            frame = conn.read_frame()
+            assert frame is not None and not isinstance(frame, GoAwayFrame), frame
+            if isinstance(frame, DataFrame):
+                received += len(frame.data)
+                if "END_STREAM" in frame.flags:
+                    break
+    assert received == 50 * MIB
+    # One flush may go past the mark (that is what pauses the app), by one frame at most.
+    assert 0 < _producing["max"] <= bound, _producing
+
+
+async def echo_path(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The request's path comes back in a response header, as a redirect's location."""
+    if scope["type"] != "http":
+        return
+    location = scope["path"].encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-echo", location)]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_huge_header_table_setting_keeps_our_encoder_bounded(run_server: Serve) -> None:
+    """A client announcing SETTINGS_HEADER_TABLE_SIZE = 2^32-1 would let our HPACK
+    encoder remember every response field it ever sent on the connection (here, 300
+    distinct 1 KiB paths echoed back). The table we keep is capped at
+    h2_max_hpack_table_size, and the client still decodes every response."""
+    cap = 4096
+    running = run_server(echo_path, h2c=True, h2_max_hpack_table_size=cap)
+    with RawH2(running.port) as conn:
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small writes
+        conn.decoder.max_allowed_table_size = 2**32 - 1
+        conn.handshake({HEADER_TABLE_SIZE: 2**32 - 1})
+        for n in range(300):
+            stream_id = 1 + 2 * n
+            path = f"/{n:04d}" + "p" * 1024
+            conn.send_headers(stream_id, request_headers(path))
+            response = conn.read_response(stream_id)
+            assert (response.status, dict(response.headers)[b"x-echo"]) == (200, path.encode())
+        state = running.server.state
+        assert state is not None
+        held = running.call(
+            lambda: [
+                (c.h2.encoder.header_table.maxsize, c.h2.encoder.header_table._current_size)
+                for c in state.connections
+                if isinstance(c, H2Protocol)
+            ]
+        )
+        assert len(held) == 1 and held[0][0] == cap and held[0][1] <= cap, held
+        # What the server told our decoder (a dynamic table size update) agrees.
+        assert conn.decoder.header_table_size == cap
