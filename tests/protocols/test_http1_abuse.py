@@ -198,9 +198,10 @@ def test_pipelining_flood_is_read_only_as_fast_as_answered(run_server: Serve) ->
                 default=0,
             )
         )
-        # The pause threshold (64 KiB) plus what one read brought (at most 64 KiB here;
-        # measured: 113 KB held of 723 KB sent, the rest waiting in kernel buffers).
-        assert held <= 2 * 65536, held
+        # The pause threshold (64 KiB) plus what one read brought (asyncio reads up to
+        # 256 KiB at a time; measured 113-188 KB held of 723 KB sent, the rest waiting
+        # in kernel buffers).
+        assert held <= 65536 + 262144, held
         sock.setblocking(True)
         sock.sendall(payload[sent:])
         answers = 0
