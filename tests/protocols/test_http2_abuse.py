@@ -348,7 +348,10 @@ def test_hpack_bomb_is_bounded(serve: Serve, caplog: pytest.LogCaptureFixture) -
         outcome = conn.read_until_error()
     # hpack stops decoding at the limit and h2 calls it a denial of service.
     assert (outcome.kind, outcome.error_code) == ("goaway", ENHANCE_YOUR_CALM), outcome
+    assert not [f for f in outcome.frames if f.stream_id == 1]  # nothing reached the app
     assert_served(running)
+    lines = [r.getMessage() for r in caplog.records if "larger than 65536" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1:" in lines[0], lines
 
 
 def _hpack_int(rest: int) -> bytes:
@@ -652,3 +655,46 @@ def test_huge_header_table_setting_keeps_our_encoder_bounded(run_server: Serve) 
         assert len(held) == 1 and held[0][0] == cap and held[0][1] <= cap, held
         # What the server told our decoder (a dynamic table size update) agrees.
         assert conn.decoder.header_table_size == cap
+
+
+@pytest.mark.parametrize("kind", ["empty-headers", "empty-continuations", "empty-values"])
+def test_zero_length_header_floods_are_bounded(
+    serve: Serve, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """CVE-2019-9516 and its relatives, each ended at once:
+    - HEADERS frames with an empty block: a request without pseudo-fields is malformed,
+      PROTOCOL_ERROR at the first (or at the 101st stream, if h2 reads that far first);
+    - an empty HEADERS followed by empty CONTINUATIONs: counted per block,
+      ENHANCE_YOUR_CALM past h2_max_continuation_frames;
+    - one field with an empty value put in the dynamic table and referenced ten
+      thousand times (a byte each): each still counts 32 bytes against
+      h2_max_header_list_size, ENHANCE_YOUR_CALM before the list is built."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_continuation_frames=8, h2_max_header_list_size=16 * 1024)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        if kind == "empty-headers":
+            out = b"".join(
+                raw_frame(HEADERS, END_STREAM | END_HEADERS, stream_id, b"")
+                for stream_id in range(1, 2000, 2)
+            )
+            # Whichever h2 meets first in the read: the malformed stream 1, or more than
+            # h2_max_concurrent_streams opened at once.
+            code, logged = PROTOCOL_ERROR, "HTTP/2 protocol error from"
+        elif kind == "empty-continuations":
+            out = raw_frame(HEADERS, END_STREAM, 1, b"")
+            out += raw_frame(CONTINUATION, 0, 1, b"") * 1000
+            code, logged = ENHANCE_YOUR_CALM, "h2_max_continuation_frames"
+        else:
+            # Literal with incremental indexing, new name "x", empty value; then indexed
+            # field 62 (that entry) ten thousand times.
+            block = conn.encode(request_headers("/")) + b"\x40\x01x\x00" + b"\xbe" * 10_000
+            out = raw_frame(HEADERS, END_STREAM | END_HEADERS, 1, block)
+            code, logged = ENHANCE_YOUR_CALM, "header list larger than 16384"
+        conn.send(out)
+        outcome = conn.read_until_error()
+    assert (outcome.kind, outcome.error_code) == ("goaway", code), outcome
+    assert not [f for f in outcome.frames if f.stream_id == 1]  # nothing reached the app
+    assert_served(running)
+    lines = [r.getMessage() for r in caplog.records if logged in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1:" in lines[0], [r.getMessage() for r in caplog.records]
