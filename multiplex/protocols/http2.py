@@ -283,6 +283,8 @@ class H2Protocol(PendingSends, BaseConnection):
         self._request_priority = event.priority_updated
         stream_id = event.stream_id
         if self._goaway_last_id is not None and stream_id > self._goaway_last_id:
+            if self._reset_counted():  # refusals are resets we are made to send
+                return
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         error = h2fields.request_error(event.headers)

@@ -33,6 +33,7 @@ from tests.protocols.h2raw import (
     INITIAL_WINDOW_SIZE,
     PING,
     PREFACE,
+    REFUSED_STREAM,
     RST_STREAM,
     SETTINGS,
     STREAM_CLOSED,
@@ -698,3 +699,65 @@ def test_zero_length_header_floods_are_bounded(
     assert_served(running)
     lines = [r.getMessage() for r in caplog.records if logged in r.getMessage()]
     assert len(lines) == 1 and "127.0.0.1:" in lines[0], [r.getMessage() for r in caplog.records]
+
+
+def test_streams_refused_after_goaway_count_as_resets(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During a graceful shutdown every new stream is refused (RST_STREAM
+    REFUSED_STREAM): a client that keeps opening them makes us send a reset each, a
+    reset flood (CVE-2019-9514) for the whole graceful_timeout. Those resets count
+    against h2_max_resets_per_window like the others."""
+    import threading
+
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_resets_per_window=10, graceful_timeout=30.0)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        conn.send_headers(1, request_headers("/wait"))  # in flight: the connection stays
+        conn.ping()
+        conn.read_ping_ack()
+        stopper = threading.Thread(target=running.shutdown)
+        stopper.start()
+        try:
+            goaway = conn.read_frame()
+            while not isinstance(goaway, GoAwayFrame):
+                assert goaway is not None
+                goaway = conn.read_frame()
+            assert goaway.error_code == 0 and goaway.last_stream_id == 1
+            # In batches under h2_max_concurrent_streams (h2 counts a refused stream as
+            # open until we reset it, after the read), each behind a PING barrier.
+            refused = 0
+            outcome = None
+            for batch in range(10):
+                first = 3 + 40 * batch
+                out = b"".join(
+                    raw_frame(
+                        HEADERS,
+                        END_STREAM | END_HEADERS,
+                        stream_id,
+                        conn.encode(request_headers("/")),
+                    )
+                    for stream_id in range(first, first + 40, 2)
+                )
+                try:
+                    conn.send(out + raw_frame(PING, 0, 0, b"barrier!"))
+                except OSError:
+                    pass  # closed by now: the GOAWAY is waiting to be read
+                frames = []  # up to the PING ACK, a GOAWAY or the end
+                while (frame := conn.read_frame()) is not None:
+                    frames.append(frame)
+                    if isinstance(frame, (PingFrame, GoAwayFrame)):
+                        break
+                refused += sum(
+                    isinstance(f, RstStreamFrame) and f.error_code == REFUSED_STREAM for f in frames
+                )
+                outcome = next((f for f in frames if isinstance(f, GoAwayFrame)), None)
+                if outcome is not None:
+                    break
+            assert outcome is not None and outcome.error_code == ENHANCE_YOUR_CALM, outcome
+            assert 10 <= refused <= 30, refused
+        finally:
+            stopper.join(timeout=40)
+    lines = [r.getMessage() for r in caplog.records if "h2_max_resets_per_window" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1:" in lines[0], lines
