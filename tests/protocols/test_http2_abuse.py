@@ -23,6 +23,7 @@ from tests.conftest import RunningServer
 from tests.protocols.h2raw import (
     ACK,
     CANCEL,
+    COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -764,3 +765,19 @@ def test_streams_refused_after_goaway_count_as_resets(
             stopper.join(timeout=40)
     lines = [r.getMessage() for r in caplog.records if "h2_max_resets_per_window" in r.getMessage()]
     assert len(lines) == 1 and "127.0.0.1:" in lines[0], lines
+
+
+def test_hpack_table_size_update_past_our_setting_is_compression_error(serve: Serve) -> None:
+    """The client's encoder may not grow our decoder's dynamic table past the
+    SETTINGS_HEADER_TABLE_SIZE we announced (4,096, h2's default): a size update to
+    1 MiB is COMPRESSION_ERROR, so what we keep for a client's fields stays bounded."""
+    running = serve()
+    with RawH2(running.port) as conn:
+        settings = conn.handshake()
+        assert settings.get(HEADER_TABLE_SIZE, 4096) == 4096
+        update = b"\x3f" + _hpack_int(1024 * 1024 - 31)  # 001xxxxx: dynamic table size update
+        block = update + conn.encode(request_headers("/"))
+        conn.send_frame(HEADERS, END_STREAM | END_HEADERS, 1, block)
+        outcome = conn.read_until_error()
+    assert (outcome.kind, outcome.error_code) == ("goaway", COMPRESSION_ERROR), outcome
+    assert_served(running)
