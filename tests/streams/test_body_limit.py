@@ -4,6 +4,7 @@ http.disconnect; a body within it is served."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -207,3 +208,22 @@ def test_body_past_the_limit_after_the_response_started_closes_http1(
     assert data.startswith(b"HTTP/1.1 200 ")
     assert b"started" in data and not data.endswith(b"0\r\n\r\n")  # cut short
     assert app.last[-1] == "http.disconnect"
+
+
+def test_http3_streamed_body_growing_past_the_limit(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    """No content-length: the body passes the limit as it streams, 413 and the app
+    sees http.disconnect; the connection serves another request."""
+    app = Recorder()
+    running: RunningServer = quic_server(run_server, tls_config, app, max_body_size=LIMIT)
+
+    async def scenario() -> tuple[int, int]:
+        async with h3_connect(running.quic_port, ca(dev_certs)) as client:
+            big = client.start("/", method="POST", body=b"x" * (4 * LIMIT), end=False)
+            await asyncio.wait_for(big.done, 30)
+            small = await client.request("/", method="POST", body=b"x" * 1000)
+            return big.status, small.status
+
+    assert run_async(scenario()) == (413, 200)
+    assert app.last.count("http.disconnect") == 1
