@@ -245,8 +245,9 @@ class Config:
     h2_max_resets_per_window: int = _opt(
         200,
         "HTTP/2: stream resets per window, by the client (RST_STREAM, Rapid Reset"
-        " CVE-2023-44487) or provoked from the server by invalid frames (MadeYouReset"
-        " CVE-2025-8671); GOAWAY ENHANCE_YOUR_CALM beyond.",
+        " CVE-2023-44487) or provoked from the server: by invalid frames or frames on"
+        " finished streams (MadeYouReset CVE-2025-8671, reset flood CVE-2019-9514), by"
+        " streams refused after a GOAWAY; GOAWAY ENHANCE_YOUR_CALM beyond.",
     )
     h2_max_control_frames_per_window: int = _opt(
         500,

@@ -16,6 +16,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 from h2.errors import ErrorCodes
 from hyperframe.frame import Frame, GoAwayFrame
 
@@ -62,6 +63,19 @@ class _Connection(h2.connection.H2Connection):
             if frame.type == _RST_STREAM:
                 self.resets_sent += 1
         super()._prepare_for_sending(frames)
+
+    def _receive_frame(self, frame: Frame) -> list[h2.events.Event]:
+        try:
+            return super()._receive_frame(frame)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 answers an undecodable header block (e.g. a dynamic table size update
+            # past our SETTINGS_HEADER_TABLE_SIZE) with PROTOCOL_ERROR; RFC 9113 section
+            # 4.3 wants COMPRESSION_ERROR. (An HPACK bomb stays ENHANCE_YOUR_CALM.)
+            if isinstance(exc.__cause__, hpack.HPACKError) and not isinstance(
+                exc, h2.exceptions.DenialOfServiceError
+            ):
+                exc.error_code = ErrorCodes.COMPRESSION_ERROR
+            raise
 
 
 class H2Protocol(PendingSends, BaseConnection):
@@ -283,6 +297,8 @@ class H2Protocol(PendingSends, BaseConnection):
         self._request_priority = event.priority_updated
         stream_id = event.stream_id
         if self._goaway_last_id is not None and stream_id > self._goaway_last_id:
+            if self._reset_counted():  # refusals are resets we are made to send
+                return
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         error = h2fields.request_error(event.headers)

@@ -233,7 +233,10 @@ class HTTPStream:
                 except ClientDisconnected:
                     pass
             elif self.state != RESPONSE_DONE:
-                self._abort()
+                # Not _abort(): `disconnected` is already set (for the app's receive),
+                # and the stream must still be reset (HTTP/1.1: the connection closed).
+                self.state = RESPONSE_DONE
+                self.wire.reset(self.stream_id)
         finally:
             if not run_app:
                 if self.server.access_log:

@@ -23,6 +23,7 @@ from tests.conftest import RunningServer
 from tests.protocols.h2raw import (
     ACK,
     CANCEL,
+    COMPRESSION_ERROR,
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -33,6 +34,7 @@ from tests.protocols.h2raw import (
     INITIAL_WINDOW_SIZE,
     PING,
     PREFACE,
+    REFUSED_STREAM,
     RST_STREAM,
     SETTINGS,
     STREAM_CLOSED,
@@ -348,7 +350,10 @@ def test_hpack_bomb_is_bounded(serve: Serve, caplog: pytest.LogCaptureFixture) -
         outcome = conn.read_until_error()
     # hpack stops decoding at the limit and h2 calls it a denial of service.
     assert (outcome.kind, outcome.error_code) == ("goaway", ENHANCE_YOUR_CALM), outcome
+    assert not [f for f in outcome.frames if f.stream_id == 1]  # nothing reached the app
     assert_served(running)
+    lines = [r.getMessage() for r in caplog.records if "larger than 65536" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1:" in lines[0], lines
 
 
 def _hpack_int(rest: int) -> bytes:
@@ -554,8 +559,9 @@ _producing: dict[str, Any] = {}
 
 
 async def fifty_mib(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """50 MiB in 1 MiB sends; after each send returns, how much the server holds for
-    this connection (transport buffer plus h2's unflushed output) is recorded."""
+    """50 MiB in 1 MiB sends; after each send returns, the largest amount the server
+    holds for a connection (transport buffer plus h2's unflushed output) is recorded
+    (often nothing: the send returned because it all went to the kernel)."""
     if scope["path"] != "/big":
         await app(scope, receive, send)
         return
@@ -609,6 +615,8 @@ def test_big_window_and_no_reading_keeps_our_buffer_bounded(run_server: Serve) -
                 received += len(frame.data)
                 if "END_STREAM" in frame.flags:
                     break
+                if received % (4 * MIB) == 0:
+                    assert _queued(running) <= bound  # and while the peer reads
     assert received == 50 * MIB
     # One flush may go past the mark (that is what pauses the app), by one frame at most.
     # (Sampled when each send() returns: often the buffer has just drained, even 0.)
@@ -654,3 +662,124 @@ def test_huge_header_table_setting_keeps_our_encoder_bounded(run_server: Serve) 
         assert len(held) == 1 and held[0][0] == cap and held[0][1] <= cap, held
         # What the server told our decoder (a dynamic table size update) agrees.
         assert conn.decoder.header_table_size == cap
+
+
+@pytest.mark.parametrize("kind", ["empty-headers", "empty-continuations", "empty-values"])
+def test_zero_length_header_floods_are_bounded(
+    serve: Serve, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """CVE-2019-9516 and its relatives, each ended at once:
+    - HEADERS frames with an empty block: a request without pseudo-fields is malformed,
+      PROTOCOL_ERROR at the first (or at the 101st stream, if h2 reads that far first);
+    - an empty HEADERS followed by empty CONTINUATIONs: counted per block,
+      ENHANCE_YOUR_CALM past h2_max_continuation_frames;
+    - one field with an empty value put in the dynamic table and referenced ten
+      thousand times (a byte each): each still counts 32 bytes against
+      h2_max_header_list_size, ENHANCE_YOUR_CALM before the list is built."""
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_continuation_frames=8, h2_max_header_list_size=16 * 1024)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        if kind == "empty-headers":
+            out = b"".join(
+                raw_frame(HEADERS, END_STREAM | END_HEADERS, stream_id, b"")
+                for stream_id in range(1, 2000, 2)
+            )
+            # Whichever h2 meets first in the read: the malformed stream 1, or more than
+            # h2_max_concurrent_streams opened at once.
+            code, logged = PROTOCOL_ERROR, "HTTP/2 protocol error from"
+        elif kind == "empty-continuations":
+            out = raw_frame(HEADERS, END_STREAM, 1, b"")
+            out += raw_frame(CONTINUATION, 0, 1, b"") * 1000
+            code, logged = ENHANCE_YOUR_CALM, "h2_max_continuation_frames"
+        else:
+            # Literal with incremental indexing, new name "x", empty value; then indexed
+            # field 62 (that entry) ten thousand times.
+            block = conn.encode(request_headers("/")) + b"\x40\x01x\x00" + b"\xbe" * 10_000
+            out = raw_frame(HEADERS, END_STREAM | END_HEADERS, 1, block)
+            code, logged = ENHANCE_YOUR_CALM, "header list larger than 16384"
+        conn.send(out)
+        outcome = conn.read_until_error()
+    assert (outcome.kind, outcome.error_code) == ("goaway", code), outcome
+    assert not [f for f in outcome.frames if f.stream_id == 1]  # nothing reached the app
+    assert_served(running)
+    lines = [r.getMessage() for r in caplog.records if logged in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1:" in lines[0], [r.getMessage() for r in caplog.records]
+
+
+def test_streams_refused_after_goaway_count_as_resets(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During a graceful shutdown every new stream is refused (RST_STREAM
+    REFUSED_STREAM): a client that keeps opening them makes us send a reset each, a
+    reset flood (CVE-2019-9514) for the whole graceful_timeout. Those resets count
+    against h2_max_resets_per_window like the others."""
+    import threading
+
+    caplog.set_level(logging.INFO, "multiplex")
+    running = serve(h2_max_resets_per_window=10, graceful_timeout=30.0)
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        conn.send_headers(1, request_headers("/wait"))  # in flight: the connection stays
+        conn.ping()
+        conn.read_ping_ack()
+        stopper = threading.Thread(target=running.shutdown)
+        stopper.start()
+        try:
+            goaway = conn.read_frame()
+            while not isinstance(goaway, GoAwayFrame):
+                assert goaway is not None
+                goaway = conn.read_frame()
+            assert goaway.error_code == 0 and goaway.last_stream_id == 1
+            # In batches under h2_max_concurrent_streams (h2 counts a refused stream as
+            # open until we reset it, after the read), each behind a PING barrier.
+            refused = 0
+            outcome = None
+            for batch in range(10):
+                first = 3 + 40 * batch
+                out = b"".join(
+                    raw_frame(
+                        HEADERS,
+                        END_STREAM | END_HEADERS,
+                        stream_id,
+                        conn.encode(request_headers("/")),
+                    )
+                    for stream_id in range(first, first + 40, 2)
+                )
+                try:
+                    conn.send(out + raw_frame(PING, 0, 0, b"barrier!"))
+                except OSError:
+                    pass  # closed by now: the GOAWAY is waiting to be read
+                frames = []  # up to the PING ACK, a GOAWAY or the end
+                while (frame := conn.read_frame()) is not None:
+                    frames.append(frame)
+                    if isinstance(frame, (PingFrame, GoAwayFrame)):
+                        break
+                refused += sum(
+                    isinstance(f, RstStreamFrame) and f.error_code == REFUSED_STREAM for f in frames
+                )
+                outcome = next((f for f in frames if isinstance(f, GoAwayFrame)), None)
+                if outcome is not None:
+                    break
+            assert outcome is not None and outcome.error_code == ENHANCE_YOUR_CALM, outcome
+            assert 10 <= refused <= 30, refused
+        finally:
+            stopper.join(timeout=40)
+    lines = [r.getMessage() for r in caplog.records if "h2_max_resets_per_window" in r.getMessage()]
+    assert len(lines) == 1 and "127.0.0.1:" in lines[0], lines
+
+
+def test_hpack_table_size_update_past_our_setting_is_compression_error(serve: Serve) -> None:
+    """The client's encoder may not grow our decoder's dynamic table past the
+    SETTINGS_HEADER_TABLE_SIZE we announced (4,096, h2's default): a size update to
+    1 MiB is COMPRESSION_ERROR, so what we keep for a client's fields stays bounded."""
+    running = serve()
+    with RawH2(running.port) as conn:
+        settings = conn.handshake()
+        assert settings.get(HEADER_TABLE_SIZE, 4096) == 4096
+        update = b"\x3f" + _hpack_int(1024 * 1024 - 31)  # 001xxxxx: dynamic table size update
+        block = update + conn.encode(request_headers("/"))
+        conn.send_frame(HEADERS, END_STREAM | END_HEADERS, 1, block)
+        outcome = conn.read_until_error()
+    assert (outcome.kind, outcome.error_code) == ("goaway", COMPRESSION_ERROR), outcome
+    assert_served(running)
