@@ -204,7 +204,10 @@ class H11Protocol(BaseConnection):
             elif event is h11.PAUSED:
                 # Pipelined requests wait in h11's buffer until this response is done;
                 # stop reading if a client keeps piling them up.
-                if not self.read_paused and len(conn.trailing_data[0]) > 65536:
+                if (
+                    not self.read_paused
+                    and len(conn.trailing_data[0]) > self.config.read_buffer_high
+                ):
                     self.read_paused = True
                     self.transport.pause_reading()
                 return
