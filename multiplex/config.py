@@ -184,8 +184,8 @@ class Config:
     )
     read_buffer_high: int = _opt(
         64 * KiB,
-        "HTTP/1.1: request body bytes buffered for an app that is not reading before the"
-        " server stops reading the socket.",
+        "HTTP/1.1: request body bytes buffered for an app that is not reading, or"
+        " pipelined requests waiting their turn, before the server stops reading the socket.",
     )
 
     max_body_size: int = _opt(

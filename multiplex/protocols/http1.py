@@ -60,6 +60,7 @@ class H11Protocol(BaseConnection):
         self.buffered = 0  # request body bytes given to the stream, not yet read by the app
         self.read_paused = False
         self.response_done = False
+        self._cycle_waiting = False  # next request held back until the client reads
         self.keep_alive = True
         self._idle_timer: asyncio.TimerHandle | None = None
         self._header_timer: asyncio.TimerHandle | None = None  # slowloris: h11_header_timeout
@@ -171,6 +172,8 @@ class H11Protocol(BaseConnection):
         return None  # let asyncio close the transport
 
     def _handle_events(self) -> None:
+        if self._cycle_waiting:
+            return  # resume_writing handles what waits
         conn = self.conn
         while not self.closed:
             try:
@@ -201,7 +204,10 @@ class H11Protocol(BaseConnection):
             elif event is h11.PAUSED:
                 # Pipelined requests wait in h11's buffer until this response is done;
                 # stop reading if a client keeps piling them up.
-                if not self.read_paused and len(conn.trailing_data[0]) > 65536:
+                if (
+                    not self.read_paused
+                    and len(conn.trailing_data[0]) > self.config.read_buffer_high
+                ):
                     self.read_paused = True
                     self.transport.pause_reading()
                 return
@@ -519,12 +525,31 @@ class H11Protocol(BaseConnection):
         self.stream = None
         self.buffered = 0
         conn.start_next_cycle()
+        if self.write_paused:
+            # The client is not reading its responses: answer (and read) nothing more
+            # until it does. A response sent in one piece never waits in send(), so
+            # without this pipelined requests would pile their answers up in the
+            # transport without bound. send_stall_timeout ends a client that never reads.
+            self._cycle_waiting = True
+            if not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+            return
+        self._next_cycle()
+
+    def _next_cycle(self) -> None:
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
         self._arm_idle_timer()
         # Pipelined requests may already be waiting in h11's buffer.
         self.loop.call_soon(self._handle_events)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._cycle_waiting and not self.closed:
+            self._cycle_waiting = False
+            self._next_cycle()
 
     def _arm_idle_timer(self) -> None:
         self._cancel_idle_timer()

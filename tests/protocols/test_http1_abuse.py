@@ -271,3 +271,57 @@ def test_huge_request_line_gets_431_and_close(
         assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
         assert get(running).startswith(b"HTTP/1.1 200 ")
     assert len(_reject_lines(caplog, "")) == 1
+
+
+async def sixty_four_kib(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"b" * 65536})
+
+
+def test_pipelined_responses_for_a_peer_that_does_not_read_stay_bounded(
+    run_server: Serve,
+) -> None:
+    """300 pipelined requests for 64 KiB each (19 MiB of answers) from a client that
+    reads nothing: once the kernel buffers are full, the server holds at most its
+    write-buffer high-water mark plus one response, and stops answering (and reading)
+    until the client reads; then every response arrives."""
+    from multiplex.protocols.http1 import H11Protocol
+
+    high = 64 * 1024
+    running = run_server(sixty_four_kib, write_buffer_high=high)
+    count = 300
+    state = running.server.state
+    assert state is not None
+
+    def queued() -> int:
+        return int(
+            running.call(
+                lambda: max(
+                    (
+                        c.transport.get_write_buffer_size()
+                        for c in state.connections
+                        if isinstance(c, H11Protocol)
+                    ),
+                    default=0,
+                )
+            )
+        )
+
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n" * count)
+        for _ in range(1000):  # until the server has to wait for us
+            if running.call(lambda: any(c.write_paused for c in state.connections)):
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("the server never had to wait for this client")
+        assert queued() <= high + 65536 + 1024
+        assert get(running).startswith(b"HTTP/1.1 200 ")  # served meanwhile
+        data = b""
+        while data.count(b"HTTP/1.1 200 ") < count or not data.endswith(b"b" * 1024):
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {data.count(b'HTTP/1.1 200 ')} responses"
+            data += chunk
+            if len(data) % (1 << 20) < 65536:
+                assert queued() <= high + 65536 + 1024
+    assert data.count(b"HTTP/1.1 200 ") == count
