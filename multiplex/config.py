@@ -84,7 +84,8 @@ class Config:
     max_connections: int = _opt(
         10000,
         "Open connections (TCP and QUIC together) one worker serves; beyond, new TCP"
-        " connections are reset at once and new QUIC connections' first packets dropped.",
+        " connections are reset at once and new QUIC connections refused"
+        " (CONNECTION_REFUSED).",
     )
 
     # --- TLS ---------------------------------------------------------------------
