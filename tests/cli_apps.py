@@ -50,6 +50,7 @@ async def pid(scope: dict[str, Any], receive: Any, send: Any) -> None:
     in flight across a reload). Lifespan-aware, like a real app."""
     import asyncio
     import os
+    import sys
 
     if scope["type"] == "lifespan":
         while True:
@@ -62,6 +63,8 @@ async def pid(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     if scope["path"] == "/slow":
+        # Tells a test the request has reached the app, before the app sleeps.
+        print(f"slow request in {os.getpid()}", file=sys.stderr, flush=True)
         await asyncio.sleep(2)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
