@@ -153,6 +153,12 @@ class Config:
     graceful_timeout: float = _opt(
         30.0, "On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled."
     )
+    graceful_first_request_wait: float = _opt(
+        1.0,
+        "On SIGTERM/SIGINT (and so on a workers' reload), how long an HTTP/1.1 connection"
+        " accepted just before, without its first request yet, may take to send it (it"
+        " is served, with `connection: close`); 0 closes it at once.",
+    )
     tls_handshake_timeout: float = _opt(10.0, "Longest a TLS handshake may take.")
     keep_alive_timeout: float = _opt(
         5.0, "An idle HTTP/1.1 connection (no request in progress) is closed after this."

@@ -203,6 +203,39 @@ def test_sighup_reload_drops_no_request_in_flight(supervise: Any) -> None:
     assert server.stop() == 0
 
 
+def test_requests_keep_being_answered_across_reloads(supervise: Any) -> None:
+    """Clients that keep making requests (a new connection each) through three reloads
+    see no failure: the new generation listens before the old one closes, and a
+    connection an old worker accepted just before is still served."""
+    port = free_port()
+    server = serve_pid(supervise, port, "--no-access-log")
+    answered: list[int] = []
+    failures: list[str] = []
+    done = threading.Event()
+
+    def client() -> None:
+        while not done.is_set() and len(answered) < 20_000:
+            try:
+                answered.append(pid_at(port))
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+
+    clients = [threading.Thread(target=client) for _ in range(3)]
+    for thread in clients:
+        thread.start()
+    try:
+        for generation in range(1, 4):
+            server.signal(signal.SIGHUP)
+            server.wait_log("Reloaded", count=generation)
+    finally:
+        done.set()
+        for thread in clients:
+            thread.join(30)
+    assert not failures, failures[:5]
+    assert len(set(answered)) >= 4  # several generations answered
+    assert server.stop() == 0
+
+
 def test_sigterm_lets_requests_in_flight_finish(supervise: Any) -> None:
     port = free_port()
     server = serve_pid(supervise, port)
