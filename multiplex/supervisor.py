@@ -36,10 +36,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from multiplex.config import Config
+from multiplex.errors import StartupError
 from multiplex.settings import parse_bind
 
 logger = logging.getLogger("multiplex")
@@ -101,49 +103,67 @@ class Supervisor:
 
     def _resolve(self, config: Config) -> Config:
         """The config workers run: concrete ports, unix sockets and fds inherited."""
-        binds = []
-        for bind in config.bind:
-            where = parse_bind(bind)
-            if where.kind == "tcp":
-                assert where.host is not None and where.port is not None
-                port = self._reserve(where.host, where.port, socket.SOCK_STREAM, keep=True)
-                host = f"[{where.host}]" if ":" in where.host else where.host
-                binds.append(f"{host}:{port}")
-            elif where.kind == "unix":
-                assert where.path is not None
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                if os.path.exists(where.path):
-                    os.unlink(where.path)
-                sock.bind(where.path)
-                sock.listen(config.backlog)
-                binds.append(self._inherit(sock))
-            else:
-                assert where.fd is not None
-                binds.append(bind)
-                self.pass_fds.append(where.fd)
-        quic = []
-        for bind in config.quic_bind:
-            where = parse_bind(bind)
-            assert where.host is not None and where.port is not None
-            port = self._reserve(where.host, where.port, socket.SOCK_DGRAM, keep=False)
-            host = f"[{where.host}]" if ":" in where.host else where.host
-            quic.append(f"{host}:{port}")
+        binds = [self._checked(bind, self._resolve_bind, config) for bind in config.bind]
+        quic = [self._checked(bind, self._resolve_quic, config) for bind in config.quic_bind]
         return config.replace(bind=binds, quic_bind=quic, workers=1, reload=False)
 
-    def _reserve(self, host: str, port: int, kind: int, keep: bool) -> int:
+    @staticmethod
+    def _checked(bind: str, resolve: Callable[[Config, str], str], config: Config) -> str:
+        try:
+            return resolve(config, bind)
+        except OSError as exc:
+            # One line, as the single-process server says it, not a traceback.
+            raise StartupError(f"cannot listen on {bind}: {exc.strerror or exc}") from None
+
+    def _resolve_bind(self, config: Config, bind: str) -> str:
+        where = parse_bind(bind)
+        if where.kind == "tcp":
+            assert where.host is not None and where.port is not None
+            port = self._reserve(where.host, where.port, socket.SOCK_STREAM)
+            host = f"[{where.host}]" if ":" in where.host else where.host
+            return f"{host}:{port}"
+        if where.kind == "unix":
+            assert where.path is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if os.path.exists(where.path):
+                os.unlink(where.path)
+            sock.bind(where.path)
+            sock.listen(config.backlog)
+            return self._inherit(sock)
+        assert where.fd is not None
+        self.pass_fds.append(where.fd)
+        return bind
+
+    def _resolve_quic(self, config: Config, bind: str) -> str:
+        where = parse_bind(bind)
+        assert where.host is not None and where.port is not None
+        port = self._reserve(where.host, where.port, socket.SOCK_DGRAM)
+        host = f"[{where.host}]" if ":" in where.host else where.host
+        return f"{host}:{port}"
+
+    def _reserve(self, host: str, port: int, kind: int) -> int:
+        """The concrete port for `host:port` (port 0: one the kernel picks), checked
+        free: the first bind is without SO_REUSEPORT, so a port another program
+        listens on (even with SO_REUSEPORT, as the same user) is an error here rather
+        than silently shared with it."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, kind)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        chosen: int = sock.getsockname()[1]
-        if keep:
-            # A TCP socket that never listens takes no connections but keeps the port.
+        with socket.socket(family, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                # Only past connections' TIME_WAIT; for UDP it would allow duplicates.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            chosen: int = probe.getsockname()[1]
+        if kind == socket.SOCK_STREAM:
+            # A TCP socket that never listens takes no connections but keeps the port
+            # ours between worker generations (and while every worker is down).
+            sock = socket.socket(family, kind)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, chosen))
             self.held.append(sock)
-        else:
-            # A bound UDP socket would receive its share of datagrams: let it go (a
-            # port asked as 0 could in theory be taken meanwhile; name one to be sure).
-            sock.close()
+        # A bound UDP socket would receive its share of the port's datagrams, so none
+        # is held: a port asked as 0 could in theory be taken before the workers bind
+        # it (they would then fail to start, loudly); name a port to be sure.
         return chosen
 
     def _inherit(self, sock: socket.socket) -> str:
@@ -228,6 +248,14 @@ class Supervisor:
             self._reap()
             if self.retiring:
                 time.sleep(0.05)
+
+    def _failed_status(self) -> int:
+        """The exit status of a worker that could not start (2: bad configuration, 1:
+        could not start), as a single-process server would have exited."""
+        workers = self.workers
+        self._stop()
+        statuses = [w.process.returncode for w in workers]
+        return 2 if 2 in statuses else 1
 
     def _reload(self) -> None:
         """A new generation first, then the old one stops: no gap, nothing dropped."""
@@ -321,7 +349,7 @@ class Supervisor:
         try:
             if not self._wait_ready(self.workers) and not self.stopping:
                 logger.error("Workers failed to start")
-                return 1
+                return self._failed_status()
             logger.info("Workers ready: %s", ", ".join(str(w.pid) for w in self.workers))
             while not self.stopping:
                 time.sleep(POLL)

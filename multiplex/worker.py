@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import signal
+import sys
 
 from multiplex.config import Config
+from multiplex.errors import ConfigError, StartupError
 from multiplex.logs import configure_logging
 from multiplex.protocols.quic_stateless import set_shared_secret
 from multiplex.settings import install_event_loop
@@ -57,8 +59,19 @@ def main() -> int:
         asyncio.get_running_loop().add_reader(lifeline, supervisor_gone)
         await serve(config, reuse_port=True, ready=ready)
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    except StartupError as exc:
+        return _fail(str(exc), 1)
     return 0
+
+
+def _fail(message: str, status: int) -> int:
+    """One line, as the CLI says it; the supervisor exits with the same status."""
+    sys.stderr.write(f"multiplex [worker {os.getpid()}]: error: {' '.join(message.split())}\n")
+    return status
 
 
 if __name__ == "__main__":

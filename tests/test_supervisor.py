@@ -171,6 +171,34 @@ def test_two_workers_share_the_port(supervise: Any) -> None:
     assert "replacing it" not in server.log  # stopping workers are not replaced
 
 
+def test_a_port_in_use_is_a_one_line_error(supervise: Any) -> None:
+    """Even a port whose listener has SO_REUSEPORT (as our workers' do) is not joined:
+    it is someone else's."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server: Supervised = supervise(
+            "tests.cli_apps:pid", "--workers", "2", "--bind", f"127.0.0.1:{port}", ready=False
+        )
+        assert server.process.wait(30) == 1
+        server.reader.join(30)
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in server.log
+    assert "Traceback" not in server.log
+
+
+def test_an_app_that_cannot_be_imported_fails_the_start(supervise: Any) -> None:
+    server: Supervised = supervise(
+        "tests.no_such_module:app", "--workers", "2", "--bind", "127.0.0.1:0", ready=False
+    )
+    assert server.process.wait(30) == 1
+    server.reader.join(30)
+    assert server.log.count("error: cannot import app module 'tests.no_such_module'") == 2
+    assert "Workers failed to start" in server.log
+    assert "Traceback" not in server.log
+
+
 def test_killed_worker_is_replaced(supervise: Any) -> None:
     port = free_port()
     server = serve_pid(supervise, port)
