@@ -47,7 +47,8 @@ async def pathsend(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def pid(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers with the serving process's pid; `/slow` first waits 2 seconds (a request
-    in flight across a reload). Lifespan-aware, like a real app."""
+    in flight across a reload). Lifespan-aware, like a real app; says on stderr when
+    its lifespan starts and stops, and when a slow request arrives."""
     import asyncio
     import os
     import sys
@@ -56,8 +57,10 @@ async def pid(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                print(f"lifespan startup in {os.getpid()}", file=sys.stderr, flush=True)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                print(f"lifespan shutdown in {os.getpid()}", file=sys.stderr, flush=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     if scope["type"] != "http":

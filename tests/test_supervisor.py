@@ -167,6 +167,9 @@ def test_two_workers_share_the_port(supervise: Any) -> None:
     assert f"[worker {min(pids)}]" in server.log  # workers log with their pid
     assert server.stop() == 0, server.log
     assert not any(alive(pid) for pid in pids), "workers outlived the supervisor"
+    for pid in pids:  # each worker ran the app's lifespan, and ended it gracefully
+        assert f"lifespan startup in {pid}" in server.log
+        assert f"lifespan shutdown in {pid}" in server.log
     assert "Traceback" not in server.log
     assert "replacing it" not in server.log  # stopping workers are not replaced
 
