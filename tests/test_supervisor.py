@@ -282,6 +282,32 @@ def test_sigterm_lets_requests_in_flight_finish(supervise: Any) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
+def test_a_worker_that_does_not_stop_is_killed(supervise: Any) -> None:
+    """A worker whose event loop is blocked cannot act on SIGTERM: past
+    graceful_timeout (+ a margin for lifespan shutdown) it is killed, and the
+    supervisor still exits."""
+    port = free_port()
+    server = serve_pid(supervise, port, "--graceful-timeout", "1")
+    outcome: list[str] = []
+
+    def block() -> None:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/block", timeout=60)
+            outcome.append("answered")
+        except httpx.HTTPError:
+            outcome.append("cut")
+
+    blocking = threading.Thread(target=block)
+    blocking.start()
+    server.wait_log("blocking request in")
+    stuck = int(server.log.split("blocking request in ")[1].split()[0])
+    assert server.stop() == 0  # within the 60 s bound, though the app blocks for 30
+    assert f"Worker {stuck} outlived the graceful timeout: killed" in server.log
+    assert not alive(stuck)
+    blocking.join(30)
+    assert outcome == ["cut"]  # its connection went with the killed worker
+
+
 def test_workers_follow_a_killed_supervisor(supervise: Any) -> None:
     """SIGKILL leaves the supervisor no chance to stop its workers: they notice (the
     pipe only it held is closed) and shut down by themselves, not serve on orphaned."""
