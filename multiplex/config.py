@@ -84,7 +84,8 @@ class Config:
     max_connections: int = _opt(
         10000,
         "Open connections (TCP and QUIC together) one worker serves; beyond, new TCP"
-        " connections are reset at once and new QUIC connections' first packets dropped.",
+        " connections are reset at once and new QUIC connections refused"
+        " (CONNECTION_REFUSED).",
     )
 
     # --- TLS ---------------------------------------------------------------------
@@ -151,6 +152,12 @@ class Config:
     # --- timeouts (seconds) --------------------------------------------------------
     graceful_timeout: float = _opt(
         30.0, "On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled."
+    )
+    graceful_first_request_wait: float = _opt(
+        1.0,
+        "On SIGTERM/SIGINT (and so on a workers' reload), how long an HTTP/1.1 connection"
+        " accepted just before, without its first request yet, may take to send it (it"
+        " is served, with `connection: close`); 0 closes it at once.",
     )
     tls_handshake_timeout: float = _opt(10.0, "Longest a TLS handshake may take.")
     keep_alive_timeout: float = _opt(

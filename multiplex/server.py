@@ -234,12 +234,13 @@ async def serve(
     """Serve until SIGINT/SIGTERM. `ready` is called once every port listens."""
     server = Server(config, app, reuse_port=reuse_port)
     await server.start()
-    if ready is not None:
-        ready()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, server.should_exit.set)
+    if ready is not None:
+        # After the handlers: from now on, SIGTERM means a graceful stop.
+        ready()
     await server.serve()
 
 

@@ -12,9 +12,10 @@ lifespan, configured by the supervisor through the environment. Workers share th
 - unix sockets and inherited fds: bound once here and passed down (`fd://N`): every
   worker accepts from the one listening socket.
 
-QUIC state that must agree across workers comes from one secret made here: the
-stateless reset key (a packet for a connection another worker, or a worker's previous
-life, had may be answered with a valid reset).
+QUIC state that must agree across workers comes from one secret made here (see
+`multiplex.protocols.quic_stateless`): the stateless reset key (a packet for a
+connection another worker, or a worker's previous life, had is answered with a valid
+reset) and the Retry token key (a token one worker issued is good at another).
 
 Signals: SIGTERM/SIGINT stop every worker gracefully (each finishes in-flight work
 within `graceful_timeout`, then is killed); SIGHUP starts a new generation of workers,
@@ -35,18 +36,27 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from multiplex.config import Config
+from multiplex.errors import StartupError
 from multiplex.settings import parse_bind
 
 logger = logging.getLogger("multiplex")
 
 CONFIG_ENV = "MULTIPLEX_WORKER_CONFIG"
-SECRET_ENV = "MULTIPLEX_QUIC_SECRET"
+SECRET_ENV = "MULTIPLEX_SECRET_FD"
 READY_ENV = "MULTIPLEX_READY_FD"
-POLL = 0.2  # seconds between looks at the workers (and, with --reload, the files)
+LIFELINE_ENV = "MULTIPLEX_LIFELINE_FD"
+POLL = 0.2  # seconds between looks at the workers
+RELOAD_POLL = 0.5  # seconds between looks at the files, with --reload
+# Directories --reload never walks into: environments and caches hold thousands of
+# files that are not the app's.
+SKIP_DIRS = frozenset(
+    {".venv", "venv", "env", "__pycache__", ".git", ".hg", "node_modules", "site-packages"}
+)
 # A worker that dies within this long of starting counts as a crash at startup.
 EARLY_DEATH = 5.0
 MAX_BACKOFF = 30.0
@@ -59,6 +69,7 @@ class Worker:
         self.started = time.monotonic()
         self.ready = False
         self.retiring = False  # asked to stop: its exit is expected
+        self.deadline = 0.0  # once retiring: killed if still alive then
 
     @property
     def pid(self) -> int:
@@ -70,7 +81,10 @@ class Supervisor:
         self.config = config
         self.count = 1 if config.reload else config.workers
         self.workers: list[Worker] = []
-        self.secret = os.urandom(32).hex()
+        # Old generations finishing their in-flight requests after a reload: watched
+        # from the main loop, so the supervisor stays responsive while they drain.
+        self.retiring: list[Worker] = []
+        self.secret = os.urandom(32)  # QUIC keys every worker shares; never logged
         self.held: list[socket.socket] = []  # port reservations and inherited sockets
         self.pass_fds: list[int] = []
         self.worker_config = self._resolve(config)
@@ -79,54 +93,77 @@ class Supervisor:
         self.failures = 0  # workers that died early in a row
         self.next_spawn = 0.0
         self.mtimes: dict[Path, float] = {}
+        self.next_scan = 0.0
+        # Workers hold the read end; only this process holds the write end. If the
+        # supervisor dies, even by SIGKILL, the kernel closes it and every worker sees
+        # end-of-file and shuts down gracefully instead of serving on as an orphan.
+        self.lifeline, self._lifeline_write = os.pipe()
 
     # --- ports -----------------------------------------------------------------------
 
     def _resolve(self, config: Config) -> Config:
         """The config workers run: concrete ports, unix sockets and fds inherited."""
-        binds = []
-        for bind in config.bind:
-            where = parse_bind(bind)
-            if where.kind == "tcp":
-                assert where.host is not None and where.port is not None
-                port = self._reserve(where.host, where.port, socket.SOCK_STREAM, keep=True)
-                host = f"[{where.host}]" if ":" in where.host else where.host
-                binds.append(f"{host}:{port}")
-            elif where.kind == "unix":
-                assert where.path is not None
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                if os.path.exists(where.path):
-                    os.unlink(where.path)
-                sock.bind(where.path)
-                sock.listen(config.backlog)
-                binds.append(self._inherit(sock))
-            else:
-                assert where.fd is not None
-                binds.append(bind)
-                self.pass_fds.append(where.fd)
-        quic = []
-        for bind in config.quic_bind:
-            where = parse_bind(bind)
-            assert where.host is not None and where.port is not None
-            port = self._reserve(where.host, where.port, socket.SOCK_DGRAM, keep=False)
-            host = f"[{where.host}]" if ":" in where.host else where.host
-            quic.append(f"{host}:{port}")
+        binds = [self._checked(bind, self._resolve_bind, config) for bind in config.bind]
+        quic = [self._checked(bind, self._resolve_quic, config) for bind in config.quic_bind]
         return config.replace(bind=binds, quic_bind=quic, workers=1, reload=False)
 
-    def _reserve(self, host: str, port: int, kind: int, keep: bool) -> int:
+    @staticmethod
+    def _checked(bind: str, resolve: Callable[[Config, str], str], config: Config) -> str:
+        try:
+            return resolve(config, bind)
+        except OSError as exc:
+            # One line, as the single-process server says it, not a traceback.
+            raise StartupError(f"cannot listen on {bind}: {exc.strerror or exc}") from None
+
+    def _resolve_bind(self, config: Config, bind: str) -> str:
+        where = parse_bind(bind)
+        if where.kind == "tcp":
+            assert where.host is not None and where.port is not None
+            port = self._reserve(where.host, where.port, socket.SOCK_STREAM)
+            host = f"[{where.host}]" if ":" in where.host else where.host
+            return f"{host}:{port}"
+        if where.kind == "unix":
+            assert where.path is not None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            if os.path.exists(where.path):
+                os.unlink(where.path)
+            sock.bind(where.path)
+            sock.listen(config.backlog)
+            return self._inherit(sock)
+        assert where.fd is not None
+        self.pass_fds.append(where.fd)
+        return bind
+
+    def _resolve_quic(self, config: Config, bind: str) -> str:
+        where = parse_bind(bind)
+        assert where.host is not None and where.port is not None
+        port = self._reserve(where.host, where.port, socket.SOCK_DGRAM)
+        host = f"[{where.host}]" if ":" in where.host else where.host
+        return f"{host}:{port}"
+
+    def _reserve(self, host: str, port: int, kind: int) -> int:
+        """The concrete port for `host:port` (port 0: one the kernel picks), checked
+        free: the first bind is without SO_REUSEPORT, so a port another program
+        listens on (even with SO_REUSEPORT, as the same user) is an error here rather
+        than silently shared with it."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, kind)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        chosen: int = sock.getsockname()[1]
-        if keep:
-            # A TCP socket that never listens takes no connections but keeps the port.
+        with socket.socket(family, kind) as probe:
+            if kind == socket.SOCK_STREAM:
+                # Only past connections' TIME_WAIT; for UDP it would allow duplicates.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+            chosen: int = probe.getsockname()[1]
+        if kind == socket.SOCK_STREAM:
+            # A TCP socket that never listens takes no connections but keeps the port
+            # ours between worker generations (and while every worker is down).
+            sock = socket.socket(family, kind)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, chosen))
             self.held.append(sock)
-        else:
-            # A bound UDP socket would receive its share of datagrams: let it go (a
-            # port asked as 0 could in theory be taken meanwhile; name one to be sure).
-            sock.close()
+        # A bound UDP socket would receive its share of the port's datagrams, so none
+        # is held: a port asked as 0 could in theory be taken before the workers bind
+        # it (they would then fail to start, loudly); name a port to be sure.
         return chosen
 
     def _inherit(self, sock: socket.socket) -> str:
@@ -140,16 +177,25 @@ class Supervisor:
 
     def _spawn(self) -> Worker:
         read_fd, write_fd = os.pipe()
+        # The secret goes through a pipe, not the environment: the app (and whatever
+        # it starts) inherits the worker's environment. 32 bytes fit the pipe buffer.
+        secret_read, secret_write = os.pipe()
+        os.write(secret_write, self.secret)
+        os.close(secret_write)
         env = dict(os.environ)
         env[CONFIG_ENV] = json.dumps(dataclasses.asdict(self.worker_config))
-        env[SECRET_ENV] = self.secret
+        env[SECRET_ENV] = str(secret_read)
         env[READY_ENV] = str(write_fd)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "multiplex.worker"],
-            env=env,
-            pass_fds=[*self.pass_fds, write_fd],
-        )
-        os.close(write_fd)
+        env[LIFELINE_ENV] = str(self.lifeline)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "multiplex.worker"],
+                env=env,
+                pass_fds=[*self.pass_fds, write_fd, secret_read, self.lifeline],
+            )
+        finally:
+            os.close(write_fd)
+            os.close(secret_read)
         worker = Worker(process, read_fd)
         logger.info("Started worker %d", worker.pid)
         return worker
@@ -169,35 +215,67 @@ class Supervisor:
                 return False
         return not waiting
 
-    def _stop(self, workers: list[Worker]) -> None:
-        """Ask workers to finish gracefully; kill what outlives the graceful timeout."""
-        for worker in workers:
-            worker.retiring = True
-            if worker.process.poll() is None:
-                worker.process.send_signal(signal.SIGTERM)
+    def _retire(self, workers: list[Worker]) -> None:
+        """Ask workers to finish gracefully (SIGTERM); `_reap` kills what outlives the
+        graceful timeout. The margin covers lifespan shutdown after the drain."""
         deadline = time.monotonic() + self.config.graceful_timeout + 5
         for worker in workers:
-            try:
-                worker.process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if not worker.retiring:
+                worker.retiring = True
+                worker.deadline = deadline
+                if worker.process.poll() is None:
+                    worker.process.send_signal(signal.SIGTERM)
+                self.retiring.append(worker)
+
+    def _reap(self) -> None:
+        """Forget retired workers that have exited; kill those past their deadline."""
+        now = time.monotonic()
+        for worker in list(self.retiring):
+            if worker.process.poll() is None:
+                if now < worker.deadline:
+                    continue
                 logger.warning("Worker %d outlived the graceful timeout: killed", worker.pid)
                 worker.process.kill()
                 worker.process.wait()
+            self.retiring.remove(worker)
             os.close(worker.ready_fd)
+
+    def _stop(self) -> None:
+        """Retire every worker and wait until all are gone."""
+        self._retire(self.workers)
+        self.workers = []
+        while self.retiring:
+            self._reap()
+            if self.retiring:
+                time.sleep(0.05)
+
+    def _failed_status(self) -> int:
+        """The exit status of a worker that could not start (2: bad configuration, 1:
+        could not start), as a single-process server would have exited."""
+        workers = self.workers
+        self._stop()
+        statuses = [w.process.returncode for w in workers]
+        return 2 if 2 in statuses else 1
 
     def _reload(self) -> None:
         """A new generation first, then the old one stops: no gap, nothing dropped."""
         logger.info("Reloading: starting %d new workers", self.count)
         fresh = [self._spawn() for _ in range(self.count)]
         if not self._wait_ready(fresh):
-            logger.error("Reload failed: new workers did not start; keeping the old ones")
-            self._stop(fresh)
+            if not self.stopping:
+                logger.error("Reload failed: new workers did not start; keeping the old ones")
+            self._retire(fresh)
             return
         old, self.workers = self.workers, fresh
-        self._stop(old)
-        logger.info("Reloaded: workers %s", ", ".join(str(w.pid) for w in fresh))
+        self._retire(old)
+        logger.info(
+            "Reloaded: workers %s; the old ones finish their requests",
+            ", ".join(str(w.pid) for w in fresh),
+        )
 
     def _replace_dead(self) -> None:
+        if self.stopping:
+            return  # they are exiting because they were told to (e.g. Ctrl-C)
         now = time.monotonic()
         for worker in list(self.workers):
             status = worker.process.poll()
@@ -215,7 +293,7 @@ class Supervisor:
                 status,
                 f" in {delay:.1f} s (workers keep dying at startup)" if delay else "",
             )
-        if len(self.workers) < self.count and now >= self.next_spawn and not self.stopping:
+        if len(self.workers) < self.count and now >= self.next_spawn:
             self.workers.append(self._spawn())
 
     # --- --reload ----------------------------------------------------------------------
@@ -223,16 +301,24 @@ class Supervisor:
     def _watched(self) -> dict[Path, float]:
         found: dict[Path, float] = {}
         for root in [self.config.app_dir, *self.config.reload_dirs]:
-            for path in Path(root).resolve().rglob("*.py"):
-                if any(part in (".venv", "venv", "__pycache__", ".git") for part in path.parts):
-                    continue
-                try:
-                    found[path] = path.stat().st_mtime
-                except OSError:
-                    pass
+            for directory, subdirs, files in os.walk(Path(root).resolve()):
+                # Pruned, not filtered afterwards: a virtualenv under the app's
+                # directory would otherwise be walked twice a second.
+                subdirs[:] = [d for d in subdirs if d not in SKIP_DIRS and not d.startswith(".")]
+                for name in files:
+                    if name.endswith(".py"):
+                        path = Path(directory, name)
+                        try:
+                            found[path] = path.stat().st_mtime
+                        except OSError:
+                            pass  # removed while we looked
         return found
 
     def _changed(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_scan:
+            return False
+        self.next_scan = now + RELOAD_POLL
         mtimes = self._watched()
         changed = [p for p, m in mtimes.items() if self.mtimes.get(p) != m]
         changed += [p for p in self.mtimes if p not in mtimes]
@@ -260,22 +346,24 @@ class Supervisor:
             "reloading on changes" if self.config.reload else f"{self.count} workers",
         )
         self.workers = [self._spawn() for _ in range(self.count)]
-        if not self._wait_ready(self.workers) and not self.stopping:
-            logger.error("Workers failed to start")
-            self._stop(self.workers)
-            return 1
         try:
+            if not self._wait_ready(self.workers) and not self.stopping:
+                logger.error("Workers failed to start")
+                return self._failed_status()
+            logger.info("Workers ready: %s", ", ".join(str(w.pid) for w in self.workers))
             while not self.stopping:
                 time.sleep(POLL)
                 if self.reloading or (self.config.reload and self._changed()):
                     self.reloading = False
                     self._reload()
+                self._reap()
                 self._replace_dead()
+            logger.info("Stopping %d workers", len(self.workers) + len(self.retiring))
         finally:
-            logger.info("Stopping %d workers", len(self.workers))
-            self._stop(self.workers)
+            self._stop()
             for sock in self.held:
                 sock.close()
+            os.close(self._lifeline_write)
         return 0
 
 

@@ -571,7 +571,19 @@ class H11Protocol(BaseConnection):
             if self.stream is not None:
                 self.stream.going_away()
             return
+        if self.stream is None and self.stream_id == 0 and not self.closed:
+            # Accepted just before the shutdown, no request yet: the client has likely
+            # sent it already (in flight, or unread in the socket), and a client does
+            # not retry a request on a new connection that closes. Serve that one.
+            wait = self.config.graceful_first_request_wait
+            if wait > 0:
+                self.loop.call_later(wait, self._close_if_idle)
+                return
         if self.stream is None or self.response_done:
+            self.close()
+
+    def _close_if_idle(self) -> None:
+        if not self.closed and (self.stream is None or self.response_done):
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:

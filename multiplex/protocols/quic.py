@@ -27,12 +27,16 @@ from aioquic.quic.packet import (
     encode_quic_version_negotiation,
     pull_quic_header,
 )
-from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 from aioquic.tls import SessionTicket
 
 from multiplex.config import Config
-from multiplex.protocols.limits import over_connection_limit
+from multiplex.protocols.limits import RateWindow, over_connection_limit
+from multiplex.protocols.quic_stateless import (
+    connection_refused,
+    retry_token_handler,
+    stateless_reset_key,
+)
 from multiplex.streams.seam import ServerState
 
 logger = logging.getLogger("multiplex")
@@ -225,16 +229,6 @@ def _refuse_early_data(context: tls.Context) -> None:
     context.update_traffic_key_cb = without_zero_rtt_keys
 
 
-def stateless_reset_key() -> bytes:
-    """The key stateless reset tokens derive from: random per process, or from the
-    secret the supervisor shares with its workers, so that any worker can reset a
-    connection another one (or an earlier life of its own) had."""
-    secret = os.environ.get("MULTIPLEX_QUIC_SECRET")
-    if secret:
-        return hmac.new(bytes.fromhex(secret), b"multiplex stateless reset", "sha256").digest()
-    return os.urandom(32)
-
-
 def reset_token(key: bytes, cid: bytes) -> bytes:
     return hmac.new(key, cid, hashlib.sha256).digest()[:16]
 
@@ -296,7 +290,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.address: tuple[str, int] | None = None
         self.connections: dict[bytes, H3Protocol] = {}
         self.tickets = TicketStore()
-        self.retry = QuicRetryTokenHandler()
+        self.retry = retry_token_handler()
         self.retry_always = server.config.quic_retry
         self.retry_threshold = server.config.quic_retry_threshold
         # Connections still in their handshake: the measure of load that turns Retry on.
@@ -304,6 +298,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.reset_key = stateless_reset_key()
         self._reset_window_start = 0.0
         self._resets_in_window = 0
+        self._refusals = RateWindow(STATELESS_RESETS_PER_SECOND, 1.0)
         self._protocol_class = H3Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -369,9 +364,12 @@ class QuicEndpoint(asyncio.DatagramProtocol):
                 logger.debug("QUIC: unusable address validation token from %s", addr)
                 header.token = b""
         if over_connection_limit(self.server, "QUIC"):
-            # Dropped: the client retries or gives up. (RFC 9000 section 5.2.2 would
-            # have us answer CONNECTION_REFUSED, which costs the handshake's first
-            # steps: what an overloaded server cannot spare.)
+            # RFC 9000 section 5.2.2: CONNECTION_REFUSED, without any TLS work; rate
+            # limited like stateless resets (past it the Initial is just dropped).
+            if not self._refusals.hit(self.loop.time()) and self.transport is not None:
+                self.transport.sendto(
+                    connection_refused(header, self.configuration.max_datagram_size), addr
+                )
             return None
         if not header.token and (
             self.retry_always or len(self.handshaking) >= self.retry_threshold

@@ -331,3 +331,46 @@ def test_h2c_upgrade_ignored_when_h2c_off(run_server: RunServer, raw: Raw) -> No
     assert reply.informational == []
     assert reply.status == 200
     assert reply.body == b"hello 1.1"
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_shutdown_serves_the_first_request_of_a_fresh_connection(run_server: RunServer) -> None:
+    """A connection accepted just before a graceful shutdown (a workers' reload does
+    one) whose request is still on its way gets that request served, with `connection:
+    close`: closing it would drop a request the client sent, on a new connection, which
+    clients do not retry. A connection that already had its request is closed at once."""
+    import threading
+    import time
+
+    running = run_server(apps.hello)
+    address = ("127.0.0.1", running.port)
+    with socket.create_connection(address) as fresh, socket.create_connection(address) as used:
+        used.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
+        while (event := client.next_event()) is not h11.PAUSED and not isinstance(
+            event, h11.EndOfMessage
+        ):
+            if event is h11.NEED_DATA:
+                client.receive_data(used.recv(65536))
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200
+        deadline = time.monotonic() + 10
+        while running.call(lambda: len(running.server.state.connections)) < 2:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        stopper = threading.Thread(target=running.shutdown)
+        stopper.start()
+        assert _read_to_eof(used) == b""  # idle after its request: closed at once
+        fresh.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        response = _read_to_eof(fresh)
+        stopper.join(30)
+    assert response.startswith(b"HTTP/1.1 200"), response
+    assert b"connection: close" in response.lower()

@@ -1,5 +1,5 @@
 """max_connections: past the cap a new TCP connection is reset at once and a new QUIC
-connection's first packets are dropped; the connections already open go on, and room
+connection is refused (CONNECTION_REFUSED); the connections already open go on, and room
 comes back when one closes."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from aioquic.asyncio.client import connect
+from aioquic.quic.packet import QuicErrorCode
 
 from tests import apps
-from tests.protocols.h3client import h3_connect
+from tests.protocols.h3client import H3Client, client_configuration, h3_connect
 from tests.protocols.test_http3 import RunServer, ca, quic_server, run_async
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,21 +58,40 @@ def test_tcp_connections_past_the_cap_are_reset(
     assert httpx.get(f"{running.url}/", timeout=5).status_code == 200
 
 
-def test_quic_connection_past_the_cap_gets_no_answer(
+def test_quic_connection_past_the_cap_is_refused(
     run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
 ) -> None:
+    """RFC 9000 section 5.2.2: the refused client gets CONNECTION_CLOSE with
+    CONNECTION_REFUSED in an Initial packet, and gives up at once (if the Initial were
+    dropped, it would wait out the 10 s connect timeout and the test would fail)."""
     running = quic_server(run_server, tls_config, apps.hello, max_connections=1)
+    refused: list[H3Client] = []
 
-    async def scenario() -> tuple[int, bool]:
+    class Recorded(H3Client):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            refused.append(self)
+
+    async def scenario() -> tuple[int, int | None, str | None]:
         async with h3_connect(running.quic_port, ca(dev_certs)) as first:
             status = (await first.request("/")).status
-            try:
-                async with h3_connect(running.quic_port, ca(dev_certs), timeout=2):
-                    second_refused = False
-            except (asyncio.TimeoutError, ConnectionError):
-                second_refused = True
+            with pytest.raises(ConnectionError):
+                manager = connect(
+                    "127.0.0.1",
+                    running.quic_port,
+                    configuration=client_configuration(ca(dev_certs)),
+                    create_protocol=Recorded,
+                )
+                await asyncio.wait_for(manager.__aenter__(), 10)
+            terminated = refused[0].terminated
             # The first connection is still served.
             assert (await first.request("/")).status == 200
-        return status, second_refused
+        if terminated is None:
+            return status, None, None
+        return status, terminated.error_code, terminated.reason_phrase
 
-    assert run_async(scenario()) == (200, True)
+    assert run_async(scenario()) == (
+        200,
+        QuicErrorCode.CONNECTION_REFUSED,
+        "max_connections",
+    )
