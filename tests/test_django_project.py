@@ -6,9 +6,10 @@ and edits it (sessions, CSRF with the Origin check Django does on HTTPS, redirec
 the admin's CSS comes through the app; a 20 MiB file upload through Django's multipart
 parsing arrives whole.
 
-Channels through a real redis-server: an HTTP/1.1 WebSocket and an HTTP/2 WebSocket in
-one group chat, on one server process, on two server processes (two ports), and on two
-workers of one `--workers 2` server.
+Channels through a real redis-server: an HTTP/1.1 WebSocket and an HTTP/2 WebSocket (on
+different processes when there are several), and an HTTP/3 one, in one group chat: on
+one server process, on two server processes (two ports), and on two workers of one
+`--workers 2` server.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from websockets.asyncio.client import connect as websockets_connect
 
 from tests.conftest import require_tool
 from tests.protocols.h3client import h3_connect
+from tests.protocols.test_websocket_h3 import H3WebSocket, until
 from tests.test_cli_serve import ROOT, free_port, start, wait_for_accept
 from tests.test_frameworks import H2WebSockets, ca_context
 
@@ -290,9 +292,12 @@ def redis_keys(url: str, pattern: str) -> list[bytes]:
 def serve_project(
     port: int, dev_certs: Any, env: dict[str, str], *args: str
 ) -> subprocess.Popen[str]:
+    """The project on `port`, TCP (TLS) and QUIC."""
     process = start(
         "tests.djproject.asgi:application",
         "--bind",
+        f"127.0.0.1:{port}",
+        "--quic-bind",
         f"127.0.0.1:{port}",
         "--certfile",
         str(dev_certs.cert),
@@ -318,10 +323,12 @@ def stop(process: subprocess.Popen[str]) -> None:
 def test_channels_group_chat_through_redis(
     tmp_path: Path, dev_certs: Any, redis_url: str, deployment: str
 ) -> None:
-    """One client over HTTP/1.1 WebSocket and one over HTTP/2 WebSocket (RFC 8441) chat
-    in one group through channels_redis and a real redis-server: both on one server
-    process; on two server processes with their own ports (two machines behind a load
-    balancer); and on the two workers of one `--workers 2` server sharing a port."""
+    """One client over HTTP/1.1 WebSocket and one over HTTP/2 WebSocket (RFC 8441), plus
+    a third over HTTP/3 (RFC 9220), chat in one group through channels_redis and a real
+    redis-server: all on one server process; on two server processes with their own
+    ports (two machines behind a load balancer); and on the two workers of one
+    `--workers 2` server sharing a port. The HTTP/1.1 and HTTP/2 members are always on
+    different processes in the last two."""
     env = {"DJPROJECT_DB": str(tmp_path / "db.sqlite3"), "DJPROJECT_REDIS": redis_url}
     first = free_port()
     workers = ["--workers", "2"] if deployment == "--workers 2" else []
@@ -342,12 +349,15 @@ async def _chat(
 ) -> None:
     context = ca_context(dev_certs)
     url = f"wss://127.0.0.1:{h1_port}/ws/chat/"
-    async with websockets_connect(url, ssl=context, proxy=None, open_timeout=10) as h1:
+    async with (
+        websockets_connect(url, ssl=context, proxy=None, open_timeout=10) as h1,
+        h3_connect(h2_port, str(dev_certs.ca_cert)) as quic,
+    ):
         h1_pid = json.loads(await asyncio.wait_for(h1.recv(), 10))["pid"]
         # With --workers, a connection lands on either worker (the kernel's SO_REUSEPORT
         # hash of its source port): reconnect until the HTTP/2 one reaches the other
-        # worker. The deadline, not a count, because the second worker may still be
-        # starting Django when the first already accepts.
+        # worker. A deadline, not a count of tries, because the second worker may still
+        # be starting Django when the first already accepts.
         deadline = time.monotonic() + 60
         while True:
             h2 = H2WebSockets(h2_port, tls=ca_context(dev_certs, ["h2"]))
@@ -360,22 +370,36 @@ async def _chat(
             assert time.monotonic() < deadline, "every HTTP/2 connection reached one process"
         try:
             assert (h1_pid == h2_pid) == (deployment == "one process"), (h1_pid, h2_pid)
-            # Both members' channels are in the group, kept in redis, not in a process.
+            await until(lambda: quic.h3.received_settings is not None)
+            h3 = H3WebSocket(quic, "/ws/chat/")
+            assert await h3.opened() == 200
+            h3_pid = json.loads(await h3.receive())["pid"]
+            # The members' channels are in the group, kept in redis, not in a process.
             groups = redis_keys(redis_url, "*group*")
             assert any(key.endswith(b"lobby") for key in groups), groups
+
+            async def everyone_hears(text: str) -> None:
+                heard = [
+                    json.loads(await asyncio.wait_for(h1.recv(), 10)),
+                    json.loads(await asyncio.to_thread(h2.recv, stream)),
+                    json.loads(await h3.receive()),
+                ]
+                assert heard == [
+                    {"message": text, "pid": h1_pid},
+                    {"message": text, "pid": h2_pid},
+                    {"message": text, "pid": h3_pid},
+                ]
+
             await h1.send("hello from HTTP/1.1")
-            heard_by_h1 = json.loads(await asyncio.wait_for(h1.recv(), 10))
-            heard_by_h2 = json.loads(await asyncio.to_thread(h2.recv, stream))
-            assert heard_by_h1 == {"message": "hello from HTTP/1.1", "pid": h1_pid}
-            assert heard_by_h2 == {"message": "hello from HTTP/1.1", "pid": h2_pid}
+            await everyone_hears("hello from HTTP/1.1")
             await asyncio.to_thread(h2.send, stream, "hello from HTTP/2")
-            heard_by_h2 = json.loads(await asyncio.to_thread(h2.recv, stream))
-            heard_by_h1 = json.loads(await asyncio.wait_for(h1.recv(), 10))
-            assert heard_by_h1 == {"message": "hello from HTTP/2", "pid": h1_pid}
-            assert heard_by_h2 == {"message": "hello from HTTP/2", "pid": h2_pid}
-            # The HTTP/2 member leaves (group_discard through redis): h1 chats alone.
+            await everyone_hears("hello from HTTP/2")
+            h3.send("hello from HTTP/3")
+            await everyone_hears("hello from HTTP/3")
+            # The HTTP/2 member leaves (group_discard through redis); the others go on.
             await asyncio.to_thread(h2.close, stream)
             await h1.send("anyone?")
             assert json.loads(await asyncio.wait_for(h1.recv(), 10))["message"] == "anyone?"
+            assert json.loads(await h3.receive())["message"] == "anyone?"
         finally:
             h2.shutdown()
