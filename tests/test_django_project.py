@@ -5,6 +5,11 @@ Over HTTP/1.1 and HTTP/2 (httpx) and HTTP/3 (aioquic): the admin logs in, adds a
 and edits it (sessions, CSRF with the Origin check Django does on HTTPS, redirects);
 the admin's CSS comes through the app; a 20 MiB file upload through Django's multipart
 parsing arrives whole.
+
+Channels through a real redis-server: an HTTP/1.1 WebSocket and an HTTP/2 WebSocket (on
+different processes when there are several), and an HTTP/3 one, in one group chat: on
+one server process, on two server processes (two ports), and on two workers of one
+`--workers 2` server.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,6 +35,7 @@ from websockets.asyncio.client import connect as websockets_connect
 
 from tests.conftest import require_tool
 from tests.protocols.h3client import h3_connect
+from tests.protocols.test_websocket_h3 import H3WebSocket, until
 from tests.test_cli_serve import ROOT, free_port, start, wait_for_accept
 from tests.test_frameworks import H2WebSockets, ca_context
 
@@ -90,7 +97,8 @@ def fetcher(protocol: str, port: int, ca_cert: str) -> Fetch:
         def fetch_tcp(
             method: str, path: str, headers: list[tuple[str, str]], body: bytes | None
         ) -> tuple[int, list[tuple[str, str]], bytes]:
-            with httpx.Client(http1=protocol == "h1", http2=protocol == "h2", verify=ca_cert) as c:
+            verify = ssl.create_default_context(cafile=ca_cert)
+            with httpx.Client(http1=protocol == "h1", http2=protocol == "h2", verify=verify) as c:
                 response = c.request(
                     method, f"https://127.0.0.1:{port}{path}", headers=headers, content=body
                 )
@@ -265,62 +273,133 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def test_channels_group_chat_across_two_workers_through_redis(
-    tmp_path: Path, dev_certs: Any, redis_url: str
-) -> None:
-    """`--workers 2`: one client over HTTP/1.1 WebSocket and one over HTTP/2 WebSocket
-    (RFC 8441), on different worker processes, chat through channels_redis."""
-    port = free_port()
+def redis_keys(url: str, pattern: str) -> list[bytes]:
+    """KEYS over a raw RESP exchange (then QUIT, so the reply ends at EOF): what the
+    channel layer keeps in our redis-server."""
+    host, _, port = url.removeprefix("redis://").rpartition(":")
+    command = f"*2\r\n$4\r\nKEYS\r\n${len(pattern)}\r\n{pattern}\r\n*1\r\n$4\r\nQUIT\r\n"
+    reply = b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(command.encode())
+        while chunk := sock.recv(65536):
+            reply += chunk
+    # "*N", then "$len" and the key for each, then "+OK" for QUIT.
+    lines = reply.split(b"\r\n")
+    assert lines[0].startswith(b"*") and lines[-2:] == [b"+OK", b""], reply
+    return lines[2:-2:2]
+
+
+def serve_project(
+    port: int, dev_certs: Any, env: dict[str, str], *args: str
+) -> subprocess.Popen[str]:
+    """The project on `port`, TCP (TLS) and QUIC."""
     process = start(
         "tests.djproject.asgi:application",
-        "--workers",
-        "2",
         "--bind",
+        f"127.0.0.1:{port}",
+        "--quic-bind",
         f"127.0.0.1:{port}",
         "--certfile",
         str(dev_certs.cert),
         "--keyfile",
         str(dev_certs.key),
-        env={
-            "DJANGO_SETTINGS_MODULE": "tests.djproject.settings",
-            "DJPROJECT_DB": str(tmp_path / "db.sqlite3"),
-            "DJPROJECT_REDIS": redis_url,
-        },
+        *args,
+        env={"DJANGO_SETTINGS_MODULE": "tests.djproject.settings", **env},
     )
+    wait_for_accept(process, port)
+    return process
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
     try:
-        wait_for_accept(process, port)
-        asyncio.run(_chat_across_workers(port, dev_certs))
-    finally:
-        process.terminate()
         process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
 
 
-async def _chat_across_workers(port: int, dev_certs: Any) -> None:
+@pytest.mark.parametrize("deployment", ["one process", "two processes", "--workers 2"])
+def test_channels_group_chat_through_redis(
+    tmp_path: Path, dev_certs: Any, redis_url: str, deployment: str
+) -> None:
+    """One client over HTTP/1.1 WebSocket and one over HTTP/2 WebSocket (RFC 8441), plus
+    a third over HTTP/3 (RFC 9220), chat in one group through channels_redis and a real
+    redis-server: all on one server process; on two server processes with their own
+    ports (two machines behind a load balancer); and on the two workers of one
+    `--workers 2` server sharing a port. The HTTP/1.1 and HTTP/2 members are always on
+    different processes in the last two."""
+    env = {"DJPROJECT_DB": str(tmp_path / "db.sqlite3"), "DJPROJECT_REDIS": redis_url}
+    first = free_port()
+    workers = ["--workers", "2"] if deployment == "--workers 2" else []
+    processes = [serve_project(first, dev_certs, env, *workers)]
+    try:
+        second = first
+        if deployment == "two processes":
+            second = free_port()
+            processes.append(serve_project(second, dev_certs, env))
+        asyncio.run(_chat(first, second, dev_certs, redis_url, deployment))
+    finally:
+        for process in processes:
+            stop(process)
+
+
+async def _chat(
+    h1_port: int, h2_port: int, dev_certs: Any, redis_url: str, deployment: str
+) -> None:
     context = ca_context(dev_certs)
-    url = f"wss://127.0.0.1:{port}/ws/chat/"
-    async with websockets_connect(url, ssl=context, proxy=None, open_timeout=10) as h1:
+    url = f"wss://127.0.0.1:{h1_port}/ws/chat/"
+    async with (
+        websockets_connect(url, ssl=context, proxy=None, open_timeout=10) as h1,
+        h3_connect(h2_port, str(dev_certs.ca_cert)) as quic,
+    ):
         h1_pid = json.loads(await asyncio.wait_for(h1.recv(), 10))["pid"]
-        # HTTP/2 connections land on either worker: reconnect until the other one.
-        for _ in range(40):
-            h2 = H2WebSockets(port, tls=ca_context(dev_certs, ["h2"]))
+        # With --workers, a connection lands on either worker (the kernel's SO_REUSEPORT
+        # hash of its source port): reconnect until the HTTP/2 one reaches the other
+        # worker. A deadline, not a count of tries, because the second worker may still
+        # be starting Django when the first already accepts.
+        deadline = time.monotonic() + 60
+        while True:
+            h2 = H2WebSockets(h2_port, tls=ca_context(dev_certs, ["h2"]))
             stream = await asyncio.to_thread(h2.open, "/ws/chat/")
             assert stream.status == 200
             h2_pid = json.loads(await asyncio.to_thread(h2.recv, stream))["pid"]
-            if h2_pid != h1_pid:
+            if deployment == "one process" or h2_pid != h1_pid:
                 break
             h2.shutdown()
-        assert h2_pid != h1_pid, "every HTTP/2 connection reached the same worker"
+            assert time.monotonic() < deadline, "every HTTP/2 connection reached one process"
         try:
+            assert (h1_pid == h2_pid) == (deployment == "one process"), (h1_pid, h2_pid)
+            await until(lambda: quic.h3.received_settings is not None)
+            h3 = H3WebSocket(quic, "/ws/chat/")
+            assert await h3.opened() == 200
+            h3_pid = json.loads(await h3.receive())["pid"]
+            # The members' channels are in the group, kept in redis, not in a process.
+            groups = redis_keys(redis_url, "*group*")
+            assert any(key.endswith(b"lobby") for key in groups), groups
+
+            async def everyone_hears(text: str) -> None:
+                heard = [
+                    json.loads(await asyncio.wait_for(h1.recv(), 10)),
+                    json.loads(await asyncio.to_thread(h2.recv, stream)),
+                    json.loads(await h3.receive()),
+                ]
+                assert heard == [
+                    {"message": text, "pid": h1_pid},
+                    {"message": text, "pid": h2_pid},
+                    {"message": text, "pid": h3_pid},
+                ]
+
             await h1.send("hello from HTTP/1.1")
-            for got in (
-                json.loads(await asyncio.wait_for(h1.recv(), 10)),
-                json.loads(await asyncio.to_thread(h2.recv, stream)),
-            ):
-                assert got["message"] == "hello from HTTP/1.1"
+            await everyone_hears("hello from HTTP/1.1")
             await asyncio.to_thread(h2.send, stream, "hello from HTTP/2")
-            heard_by_h2 = json.loads(await asyncio.to_thread(h2.recv, stream))
-            heard_by_h1 = json.loads(await asyncio.wait_for(h1.recv(), 10))
-            assert heard_by_h1 == {"message": "hello from HTTP/2", "pid": h1_pid}
-            assert heard_by_h2 == {"message": "hello from HTTP/2", "pid": h2_pid}
+            await everyone_hears("hello from HTTP/2")
+            h3.send("hello from HTTP/3")
+            await everyone_hears("hello from HTTP/3")
+            # The HTTP/2 member leaves (group_discard through redis); the others go on.
+            await asyncio.to_thread(h2.close, stream)
+            await h1.send("anyone?")
+            assert json.loads(await asyncio.wait_for(h1.recv(), 10))["message"] == "anyone?"
+            assert json.loads(await h3.receive())["message"] == "anyone?"
         finally:
             h2.shutdown()

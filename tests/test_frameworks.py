@@ -2,7 +2,9 @@
 FastAPI (tests/apps_frameworks/) served by one TLS server with HTTP/3 beside it.
 
 Each framework's HTTP route is fetched over HTTP/1.1 and HTTP/2 (httpx) and HTTP/3
-(aioquic, tests/protocols/h3client.py); each WebSocket echo is driven over HTTP/1.1 (the
+(aioquic, tests/protocols/h3client.py), with Starlette's and FastAPI's streaming
+responses (delivered as produced, not buffered) and background tasks (run after the
+response went out); each WebSocket echo is driven over HTTP/1.1 (the
 `websockets` client), HTTP/2 (RFC 8441, tests/protocols/wsh2.py) and HTTP/3 (RFC 9220,
 H3WebSocket). Channels' group chat crosses protocols through the channel layer; the
 Starlette and FastAPI lifespans run at startup and shutdown.
@@ -150,13 +152,67 @@ def test_starlette_routes(
     assert "content-length" not in streamed.headers
 
 
+def read_held_stream(server: RunningServer, dev_certs: Any, protocol: str) -> bytes:
+    """GET /held: its first chunk must reach us while the app still waits for the gate
+    (a server that buffered the response would leave us waiting: a read timeout), then
+    POST /release/stream and read the rest."""
+    if protocol in ("h1", "h2"):
+        with httpx.Client(
+            http1=protocol == "h1",
+            http2=protocol == "h2",
+            verify=ca_context(dev_certs),
+            timeout=10,
+        ) as client:
+            with client.stream("GET", f"{server.url}/held") as response:
+                assert response.status_code == 200
+                assert "content-length" not in response.headers
+                parts = response.iter_raw()
+                first = next(parts)
+                assert first == b"first\n"
+                # HTTP/2: another stream on the same connection; HTTP/1.1: a second one.
+                released = client.post(f"{server.url}/release/stream")
+                assert released.status_code == 200
+                return first + b"".join(parts)
+
+    async def h3() -> bytes:
+        async with h3_connect(server.quic_port, str(dev_certs.ca_cert)) as client:
+            response = client.start("/held")
+            deadline = time.monotonic() + 10
+            while not response.chunks:
+                assert time.monotonic() < deadline, "no first chunk while the app waits"
+                await asyncio.sleep(0.01)
+            assert response.body == b"first\n" and not response.ended
+            assert response.header(b"content-length") is None
+            released = await client.request("/release/stream", method="POST")
+            assert released.status == 200
+            await asyncio.wait_for(response.done, 10)
+            return response.body
+
+    return asyncio.run(h3())
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_fastapi_background_task_runs_after_the_response(
-    run_server: Start, tls_config: Any, dev_certs: Any, protocol: str
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_streaming_response_is_not_buffered(
+    run_server: Start, tls_config: Any, dev_certs: Any, framework: str, protocol: str
 ) -> None:
-    server = serve(run_server, tls_config, fastapi_app.create_app(), lifespan="on")
+    server = serve(run_server, tls_config, make_app(framework), lifespan="on")
+    assert read_held_stream(server, dev_certs, protocol) == b"first\nsecond\n"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_background_task_runs_after_the_response(
+    run_server: Start, tls_config: Any, dev_certs: Any, framework: str, protocol: str
+) -> None:
+    """Starlette's BackgroundTask and FastAPI's BackgroundTasks: the 202 reaches the
+    client while the job, run by the app after its last body message, still waits on
+    its gate; once the gate opens the job finishes."""
+    server = serve(run_server, tls_config, make_app(framework), lifespan="on")
     reply = fetch(server, dev_certs, protocol, f"/jobs/{protocol}", method="POST")
     assert (reply.status, reply.json()) == (202, {"queued": protocol})
+    assert fetch(server, dev_certs, protocol, "/jobs").json() == []  # still waiting
+    assert fetch(server, dev_certs, protocol, "/release/job", method="POST").status == 200
     deadline = time.monotonic() + 10
     while (done := fetch(server, dev_certs, protocol, "/jobs").json()) != [protocol]:
         assert time.monotonic() < deadline, done

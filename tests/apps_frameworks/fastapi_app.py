@@ -1,17 +1,25 @@
-"""A FastAPI app: a JSON endpoint with a pydantic body and a dependency, a WebSocket echo,
-and a lifespan that records startup and shutdown."""
+"""A FastAPI app: a JSON endpoint with a pydantic body and a dependency, a streaming
+response, a background task, a WebSocket echo, and a lifespan that records startup and
+shutdown.
+
+As in starlette_app, `/held` and the `/jobs` background task wait on a gate that
+`POST /release/{name}` opens."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, HTTPException, Request, WebSocket
+from fastapi.responses import StreamingResponse
 from fastapi.websockets import WebSocketDisconnect
 from pydantic import BaseModel
 
 TOKEN = "secret-token"
+HELD_CHUNKS = [b"first\n", b"second\n"]
+GATE_TIMEOUT = 30  # a gate nobody opens fails the app, not the whole test run
 
 
 class Item(BaseModel):
@@ -58,14 +66,36 @@ def create_app() -> FastAPI:
             http_version=request.scope["http_version"],
         )
 
+    gates: dict[str, asyncio.Event] = {}
+
+    def gate(name: str) -> asyncio.Event:
+        return gates.setdefault(name, asyncio.Event())
+
+    @app.get("/held")
+    async def held() -> StreamingResponse:
+        """The first chunk, then nothing until the "stream" gate opens."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield HELD_CHUNKS[0]
+            await asyncio.wait_for(gate("stream").wait(), GATE_TIMEOUT)
+            yield HELD_CHUNKS[1]
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    @app.post("/release/{name}")
+    async def release(name: str) -> str:
+        gate(name).set()
+        return "released"
+
     jobs: list[str] = []
     app.state.jobs = jobs
 
     @app.post("/jobs/{name}", status_code=202)
     async def enqueue(name: str, background: BackgroundTasks) -> dict[str, str]:
-        """Answers at once; the job runs after the response went out."""
+        """Answers at once; the job runs after the response, once the "job" gate opens."""
 
         async def job() -> None:
+            await asyncio.wait_for(gate("job").wait(), GATE_TIMEOUT)
             jobs.append(name)
 
         background.add_task(job)
