@@ -25,6 +25,7 @@ from multiplex.settings import parse_bind
 from multiplex.streams.seam import ServerState
 
 if TYPE_CHECKING:
+    from multiplex.acme import AcmeManager
     from multiplex.certificates import CertStore
     from multiplex.protocols.quic import QuicEndpoint
 
@@ -44,7 +45,7 @@ class Server:
         self.state: ServerState | None = None
         self.lifespan: Lifespan | None = None
         self.certificates: CertStore | None = None
-        self.acme: Any = None  # an AcmeManager with acme_domain
+        self.acme: AcmeManager | None = None
         self.should_exit = asyncio.Event()
 
     @property
@@ -62,9 +63,10 @@ class Server:
             self.certificates = CertStore(config)
             self.certificates.load()
             if config.acme_domain:
-                from multiplex.errors import ConfigError
+                from multiplex.acme import AcmeManager
 
-                raise ConfigError("acme_domain: ACME is not built yet")
+                self.acme = AcmeManager(config, self.certificates)
+                self.acme.load_cached()
             ssl_context = self.certificates.base
         lifespan_state: dict[str, Any] = {}
         self.lifespan = Lifespan(app, config, lifespan_state)

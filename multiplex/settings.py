@@ -391,6 +391,10 @@ def _validate_quic(config: Config) -> None:
 
 
 def _validate_acme(config: Config) -> None:
+    if config.acme_domain and config.workers > 1:
+        # Each worker would order its own certificate, and a CA's validation connection
+        # could reach a worker that does not hold the challenge.
+        raise ConfigError("--acme-domain needs --workers 1 (one ACME client per server)")
     if config.acme_challenge == "http-01" and config.acme_domain and not config.acme_http_bind:
         raise ConfigError("--acme-challenge http-01 needs --acme-http-bind (e.g. 0.0.0.0:80)")
     if config.acme_http_bind is not None and parse_bind(config.acme_http_bind).kind != "tcp":
