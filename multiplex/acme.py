@@ -126,8 +126,6 @@ class AcmeManager:
 
     async def start(self, addresses: list[Any]) -> None:
         self.loop = asyncio.get_running_loop()
-        if not self.ready.is_set():
-            self.ready.clear()
         ports = [a[1] for a in addresses if isinstance(a, tuple)]
         if ports:
             self.https_port = ports[0]
@@ -395,10 +393,12 @@ class AcmeManager:
     ) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, TimeoutError):
-            writer.close()
-            return
-        except asyncio.TimeoutError:  # before 3.11 not the builtin TimeoutError
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            OSError,
+            asyncio.TimeoutError,  # before 3.11 not the builtin TimeoutError
+        ):
             writer.close()
             return
         lines = head.decode("latin-1").split("\r\n")
@@ -476,7 +476,10 @@ async def peek_client_hello(loop: asyncio.AbstractEventLoop, sock: socket.socket
     need = 5
     while True:
         await _readable(loop, sock)
-        data = sock.recv(need, socket.MSG_PEEK)
+        try:
+            data = sock.recv(need, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
         if not data:
             raise ConnectionResetError("closed before the ClientHello")
         if len(data) >= 5:
