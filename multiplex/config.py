@@ -104,6 +104,55 @@ class Config:
     keylog_file: str | None = _opt(
         None, "Write TLS secrets here (NSS key log format), for Wireshark."
     )
+    sni_certs_dir: str | None = _opt(
+        None,
+        "More certificates, chosen by SNI: a directory of `NAME.crt` + `NAME.key` pairs"
+        " or certbot-style `NAME/fullchain.pem` + `NAME/privkey.pem`. Each serves the DNS"
+        " names in its subjectAltName (wildcards too); unknown names get `certfile`.",
+    )
+    cert_reload_interval: float = _opt(
+        5.0,
+        "Seconds between looks at the certificate files' modification times; a change"
+        " reloads them for new handshakes (so does SIGHUP). 0: only on SIGHUP.",
+    )
+
+    # --- automatic HTTPS (ACME) ------------------------------------------------------
+    acme_domain: list[str] = _list(
+        "Get and renew a certificate for this name from an ACME CA, repeatable (one"
+        " certificate for all); enables TLS. Needs the `acme` extra.",
+        repeat=True,
+    )
+    acme_email: str | None = _opt(None, "Contact address for the ACME account.")
+    acme_directory: str = _opt(
+        "letsencrypt",
+        "ACME directory URL, or `letsencrypt` / `letsencrypt-staging`.",
+    )
+    acme_ca_certs: str | None = _opt(
+        None, "PEM CA bundle to trust for the ACME server's own HTTPS (a private CA)."
+    )
+    acme_challenge: str = _opt(
+        "tls-alpn-01",
+        "How to prove control of the names: `tls-alpn-01` (answered on the TLS binds,"
+        " which must be reachable on port 443) or `http-01` (on `acme_http_bind`).",
+        choices=("tls-alpn-01", "http-01"),
+    )
+    acme_http_bind: str | None = _opt(
+        None,
+        "A cleartext `host:port` answering http-01 challenges and redirecting every"
+        " other request to https (308). Required for `http-01`.",
+    )
+    acme_cache: str = _opt(
+        "certs/acme",
+        "Directory for the ACME account key, certificates and keys (files mode 0600).",
+    )
+    acme_retry_delay: float = _opt(
+        60.0,
+        "First wait before retrying a failed ACME order; doubles on each failure up to"
+        " `acme_retry_max_delay`.",
+    )
+    acme_retry_max_delay: float = _opt(
+        6 * 3600.0, "Longest wait between retries of a failed ACME order."
+    )
 
     # --- process -----------------------------------------------------------------
     loop: str = _opt(
@@ -411,7 +460,7 @@ class Config:
 
     @property
     def tls(self) -> bool:
-        return self.certfile is not None
+        return self.certfile is not None or self.sni_certs_dir is not None or bool(self.acme_domain)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)

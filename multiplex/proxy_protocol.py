@@ -20,7 +20,7 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from multiplex.config import Config
@@ -155,12 +155,23 @@ async def read_header(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> A
 # --- the listener ----------------------------------------------------------------------------
 
 ProtocolFactory = Callable[[Address | None], asyncio.BaseProtocol]
+# Looks at a connection before TLS starts (ACME's tls-alpn-01 peeks at the ClientHello):
+# the context to use and, for connections that are not HTTP, their own protocol
+# factory; None drops the connection.
+TlsChooser = Callable[
+    [socket.socket],
+    Awaitable[tuple[ssl.SSLContext, Callable[[], asyncio.BaseProtocol] | None] | None],
+]
 
 
 class ProxyProtocolListener(asyncio.AbstractServer):
     """Accepts on `sockets`, reads each connection's PROXY header within `timeout`, then
     hands the connection to the loop (with TLS when `ssl_context`). Offers what the
-    Server uses of asyncio.Server: `sockets`, `close()`, `wait_closed()`."""
+    Server uses of asyncio.Server: `sockets`, `close()`, `wait_closed()`.
+
+    Also the listener for anything else that must see a connection's first bytes before
+    TLS does: `proxy_header=False` skips the PROXY header, and `choose_tls` picks the
+    TLS context per connection."""
 
     def __init__(
         self,
@@ -168,11 +179,16 @@ class ProxyProtocolListener(asyncio.AbstractServer):
         factory: ProtocolFactory,
         ssl_context: ssl.SSLContext | None,
         config: Config,
+        *,
+        proxy_header: bool = True,
+        choose_tls: TlsChooser | None = None,
     ) -> None:
         self.sockets = sockets
         self.factory = factory
         self.ssl_context = ssl_context
         self.config = config
+        self.proxy_header = proxy_header
+        self.choose_tls = choose_tls
         self.loop = asyncio.get_running_loop()
         self.accepting = [self.loop.create_task(self._accept(sock)) for sock in sockets]
         self.starting: set[asyncio.Task[None]] = set()  # connections still in their header
@@ -195,25 +211,41 @@ class ProxyProtocolListener(asyncio.AbstractServer):
             peer = sock.getpeername()
         except OSError:
             peer = None
-        try:
-            async with _timeout(self.config.proxy_protocol_timeout):
-                client = await read_header(self.loop, sock)
-        except (ProxyHeaderError, OSError, TimeoutError) as exc:
-            reason = "no header within proxy_protocol_timeout" if _is_timeout(exc) else exc
-            logger.warning("PROXY protocol: %s from %s; closing the connection", reason, peer)
-            sock.close()
-            return
-        except BaseException:
-            sock.close()
-            raise
+        client = None
+        if self.proxy_header:
+            try:
+                async with _timeout(self.config.proxy_protocol_timeout):
+                    client = await read_header(self.loop, sock)
+            except (ProxyHeaderError, OSError, TimeoutError) as exc:
+                reason = "no header within proxy_protocol_timeout" if _is_timeout(exc) else exc
+                logger.warning("PROXY protocol: %s from %s; closing the connection", reason, peer)
+                sock.close()
+                return
+            except BaseException:
+                sock.close()
+                raise
+        ssl_context = self.ssl_context
+        factory: Callable[[], asyncio.BaseProtocol] = lambda: self.factory(client)  # noqa: E731
+        if self.choose_tls is not None:
+            try:
+                async with _timeout(self.config.tls_handshake_timeout):
+                    chosen = await self.choose_tls(sock)
+            except (OSError, TimeoutError):
+                chosen = None
+            except BaseException:
+                sock.close()
+                raise
+            if chosen is None:
+                sock.close()
+                return
+            ssl_context = chosen[0]
+            factory = chosen[1] or factory
         try:
             await self.loop.connect_accepted_socket(
-                lambda: self.factory(client),
+                factory,
                 sock,
-                ssl=self.ssl_context,
-                ssl_handshake_timeout=(
-                    self.config.tls_handshake_timeout if self.ssl_context else None
-                ),
+                ssl=ssl_context,
+                ssl_handshake_timeout=(self.config.tls_handshake_timeout if ssl_context else None),
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             # A failed handshake: asyncio's own listeners drop these quietly too.

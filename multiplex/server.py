@@ -25,6 +25,8 @@ from multiplex.settings import parse_bind
 from multiplex.streams.seam import ServerState
 
 if TYPE_CHECKING:
+    from multiplex.acme import AcmeManager
+    from multiplex.certificates import CertStore
     from multiplex.protocols.quic import QuicEndpoint
 
 logger = logging.getLogger("multiplex")
@@ -42,6 +44,8 @@ class Server:
         self.quic_endpoints: list[QuicEndpoint] = []
         self.state: ServerState | None = None
         self.lifespan: Lifespan | None = None
+        self.certificates: CertStore | None = None
+        self.acme: AcmeManager | None = None
         self.should_exit = asyncio.Event()
 
     @property
@@ -54,9 +58,16 @@ class Server:
         app = adapt_app(self._app, config) if self._app is not None else load_app(config)
         ssl_context: ssl.SSLContext | None = None
         if config.tls:
-            from multiplex.tls import create_ssl_context
+            from multiplex.certificates import CertStore
 
-            ssl_context = create_ssl_context(config)
+            self.certificates = CertStore(config)
+            self.certificates.load()
+            if config.acme_domain:
+                from multiplex.acme import AcmeManager
+
+                self.acme = AcmeManager(config, self.certificates)
+                self.acme.load_cached()
+            ssl_context = self.certificates.base
         lifespan_state: dict[str, Any] = {}
         self.lifespan = Lifespan(app, config, lifespan_state)
         await self.lifespan.startup()
@@ -69,7 +80,11 @@ class Server:
                 await self._listen_quic()
             for bind in config.bind:
                 self.listeners.append(await self._listen(bind, ssl_context))
+            if self.acme is not None:
+                await self.acme.start(self.addresses)
         except BaseException:
+            if self.acme is not None:
+                await self.acme.stop()
             for listener in self.listeners:
                 listener.close()
             for endpoint in self.quic_endpoints:
@@ -86,13 +101,23 @@ class Server:
             logger.info("Listening on %s (%s)", _url(scheme, address), protocols)
         for endpoint in self.quic_endpoints:
             logger.info("Listening on %s (h3, UDP)", _url("https", endpoint.address))
+        if self.certificates is not None:
+            self.certificates.start_watching()
+
+    def reload_certificates(self) -> bool:
+        """Re-read the certificate files: new TCP and QUIC handshakes get the new ones,
+        open connections keep theirs. SIGHUP calls this in a single-process server (a
+        supervisor's SIGHUP restarts its workers instead, which reloads them too)."""
+        if self.certificates is None:
+            return False
+        return self.certificates.reload()
 
     async def _listen_quic(self) -> None:
         from multiplex.protocols.quic import QuicEndpoint, quic_configuration
 
         state = self.state
         assert state is not None
-        configuration = quic_configuration(self.config)
+        configuration = quic_configuration(self.config, self.certificates)
         loop = asyncio.get_running_loop()
         for bind in self.config.quic_bind:
             where = parse_bind(bind)
@@ -100,7 +125,7 @@ class Server:
                 raise StartupError(f"--quic-bind {bind}: QUIC needs a host:port address")
             try:
                 _, endpoint = await loop.create_datagram_endpoint(
-                    lambda: QuicEndpoint(state, configuration),
+                    lambda: QuicEndpoint(state, configuration, self.certificates),
                     local_addr=(where.host, where.port),
                     reuse_port=self.reuse_port or None,
                 )
@@ -126,6 +151,10 @@ class Server:
             common["ssl"] = ssl_context
             common["ssl_handshake_timeout"] = self.config.tls_handshake_timeout
         try:
+            choose_tls = self.acme.choose_tls if self.acme is not None else None
+            if choose_tls is not None and ssl_context is not None and where.kind != "unix":
+                # tls-alpn-01 must see the ClientHello before TLS does.
+                return _proxy_protocol_listener(where, state, ssl_context, self.config, choose_tls)
             if self.config.proxy_protocol:
                 return _proxy_protocol_listener(where, state, ssl_context, self.config)
             if where.kind == "unix":
@@ -162,6 +191,10 @@ class Server:
             return
         logger.info("Shutting down: no new connections; waiting for in-flight requests")
         state.shutting_down.set()
+        if self.certificates is not None:
+            self.certificates.stop_watching()
+        if self.acme is not None:
+            await self.acme.stop()
         for listener in self.listeners:
             listener.close()
         for connection in list(state.connections):
@@ -197,16 +230,30 @@ class Server:
 
 
 def _proxy_protocol_listener(
-    where: Any, state: ServerState, ssl_context: ssl.SSLContext | None, config: Config
+    where: Any,
+    state: ServerState,
+    ssl_context: ssl.SSLContext | None,
+    config: Config,
+    choose_tls: Any = None,
 ) -> asyncio.Server:
+    """A listener that accepts connections itself: for the PROXY protocol header, and
+    for ACME's tls-alpn-01 (`choose_tls`), both of which come before TLS starts."""
     from multiplex.proxy_protocol import ProxyProtocolListener, bind_sockets
 
     def factory(client: tuple[str, int] | None) -> Dispatcher:
         return Dispatcher(state, ssl_context is not None, client)
 
     sockets = bind_sockets(where, config.backlog)
+    listener = ProxyProtocolListener(
+        sockets,
+        factory,
+        ssl_context,
+        config,
+        proxy_header=config.proxy_protocol,
+        choose_tls=choose_tls,
+    )
     # Not an asyncio.Server, but has what Server uses of one (sockets, close, wait_closed).
-    return cast(asyncio.Server, ProxyProtocolListener(sockets, factory, ssl_context, config))
+    return cast(asyncio.Server, listener)
 
 
 def _is_socket(path: str) -> bool:
@@ -238,6 +285,9 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, server.should_exit.set)
+    if server.certificates is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
     if ready is not None:
         # After the handlers: from now on, SIGTERM means a graceful stop.
         ready()

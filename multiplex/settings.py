@@ -285,7 +285,14 @@ def load_config(
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 # Every numeric setting must be > 0 except these, where 0 has a meaning.
-_ZERO_ALLOWED = {"graceful_timeout": "cancel in-flight requests at once"}
+_ZERO_ALLOWED = {
+    "graceful_timeout": "cancel in-flight requests at once",
+    "cert_reload_interval": "reload certificates only on SIGHUP",
+}
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"^(\*\.)?({_LABEL}\.)*{_LABEL}$", re.IGNORECASE)
 
 
 def _flag(name: str) -> str:
@@ -362,8 +369,11 @@ def _validate_tls(config: Config) -> None:
             raise ConfigError(f"{_flag(name)} {path!r}: no such file")
     if config.verify_client and config.ca_certs is None:
         raise ConfigError("--verify-client needs --ca-certs to verify against")
-    if config.ca_certs is not None and config.certfile is None:
+    if config.ca_certs is not None and not config.tls:
         raise ConfigError("--ca-certs needs TLS: give --certfile and --keyfile too")
+    if config.sni_certs_dir is not None and not os.path.isdir(config.sni_certs_dir):
+        raise ConfigError(f"--sni-certs-dir {config.sni_certs_dir!r} is not a directory")
+    _validate_acme(config)
     if not config.alpn_protocols:
         raise ConfigError("--alpn-protocols must name at least one protocol")
     for proto in config.alpn_protocols:
@@ -376,8 +386,24 @@ def _validate_quic(config: Config) -> None:
     for bind in getattr(config, "quic_bind", []):
         if parse_bind(bind).kind != "tcp":
             raise ConfigError(f"--quic-bind {bind!r}: HTTP/3 needs a UDP host:port")
-        if config.certfile is None:
+        if not config.tls:
             raise ConfigError("--quic-bind needs TLS: give --certfile and --keyfile too")
+
+
+def _validate_acme(config: Config) -> None:
+    if config.acme_domain and config.workers > 1:
+        # Each worker would order its own certificate, and a CA's validation connection
+        # could reach a worker that does not hold the challenge.
+        raise ConfigError("--acme-domain needs --workers 1 (one ACME client per server)")
+    if config.acme_challenge == "http-01" and config.acme_domain and not config.acme_http_bind:
+        raise ConfigError("--acme-challenge http-01 needs --acme-http-bind (e.g. 0.0.0.0:80)")
+    if config.acme_http_bind is not None and parse_bind(config.acme_http_bind).kind != "tcp":
+        raise ConfigError(f"--acme-http-bind {config.acme_http_bind!r}: needs host:port")
+    if config.acme_ca_certs is not None and not os.path.isfile(config.acme_ca_certs):
+        raise ConfigError(f"--acme-ca-certs {config.acme_ca_certs!r}: no such file")
+    for name in config.acme_domain:
+        if not _DOMAIN.match(name):
+            raise ConfigError(f"--acme-domain {name!r} is not a DNS name")
 
 
 # --- event loop -------------------------------------------------------------------------

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import os
 import ssl
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from multiplex.config import Config
 from multiplex.errors import ConfigError
+
+# The private keys both TLS stacks (OpenSSL for TCP, aioquic for QUIC) can sign with.
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 # OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are configured separately and are
 # all AEAD). No CBC, no static RSA, no finite-field DHE: all blocklisted for HTTP/2.
@@ -40,26 +45,23 @@ class ServerSSLContext(ssl.SSLContext):
 
 
 def create_ssl_context(config: Config) -> ssl.SSLContext:
-    """The context every TLS listener uses. Problems with the files raise `ConfigError`
-    with one line naming the file, so the CLI can report them before binding anything."""
+    """The context every TLS listener uses, serving `certfile`. Problems with the files
+    raise `ConfigError` with one line naming the file, so the CLI can report them before
+    binding anything."""
     if config.certfile is None:
         raise ConfigError("TLS needs a certificate: set certfile")
-    certfile = config.certfile
-    keyfile = config.keyfile or certfile  # the key may sit in the certificate file
+    return load_certificate(config, config.certfile, config.keyfile or config.certfile)
 
+
+def new_server_context(config: Config) -> ServerSSLContext:
+    """A server context with every setting but the certificate: protocol versions,
+    ciphers, ALPN, client certificates, key logging."""
     ctx = ServerSSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
     # CRIME-style attacks on compressed TLS; renegotiation is forbidden by RFC 9113 and
     # an easy CPU DoS on HTTP/1.1. Session tickets stay enabled so clients can resume.
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-
-    leaf = _check_pair(certfile, keyfile)
-    ctx.server_cert_pem = leaf.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    try:
-        ctx.load_cert_chain(certfile, keyfile, password=_no_password)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"certfile {certfile}: cannot load: {_reason(exc)}") from None
 
     if config.alpn_protocols:
         ctx.set_alpn_protocols(config.alpn_protocols)
@@ -86,6 +88,19 @@ def create_ssl_context(config: Config) -> ssl.SSLContext:
             ctx.keylog_filename = keylog
         except OSError as exc:
             raise ConfigError(f"keylog_file {keylog}: {_reason(exc)}") from None
+    return ctx
+
+
+def load_certificate(config: Config, certfile: str, keyfile: str) -> ServerSSLContext:
+    """A server context (see `new_server_context`) serving one certificate chain, checked
+    first: `ConfigError` for a key that does not match or a chain out of order."""
+    ctx = new_server_context(config)
+    chain, _ = check_pair(certfile, keyfile)
+    ctx.server_cert_pem = chain[0].public_bytes(serialization.Encoding.PEM).decode("ascii")
+    try:
+        ctx.load_cert_chain(certfile, keyfile, password=_no_password)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"certfile {certfile}: cannot load: {_reason(exc)}") from None
     return ctx
 
 
@@ -129,12 +144,14 @@ def _readable(path: str, setting: str) -> bytes:
         raise ConfigError(f"{setting} {path}: {_reason(exc)}") from None
 
 
-def _check_pair(certfile: str, keyfile: str) -> x509.Certificate:
+def check_pair(certfile: str, keyfile: str) -> tuple[list[x509.Certificate], PrivateKey]:
     """Parse both files ourselves first: OpenSSL's errors ("[SSL] PEM lib") do not say
-    which file is wrong, and an encrypted key would make it prompt on the terminal."""
+    which file is wrong, it accepts a chain in any order (clients then fail to verify),
+    and an encrypted key would make it prompt on the terminal. Returns the chain, leaf
+    first, and the key."""
     cert_pem = _readable(certfile, "certfile")
     try:
-        leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+        chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError:
         raise ConfigError(f"certfile {certfile}: no PEM certificate in it") from None
     key_pem = _readable(keyfile, "keyfile")
@@ -145,9 +162,28 @@ def _check_pair(certfile: str, keyfile: str) -> x509.Certificate:
         raise ConfigError(msg) from None
     except (ValueError, UnsupportedAlgorithm):
         raise ConfigError(f"keyfile {keyfile}: no usable PEM private key in it") from None
-    if key.public_key() != leaf.public_key():
+    if key.public_key() != chain[0].public_key():
         raise ConfigError(f"keyfile {keyfile} does not match the certificate in {certfile}")
-    return leaf
+    for position, (cert, issuer) in enumerate(pairwise(chain), start=1):
+        if not _issued_by(cert, issuer):
+            raise ConfigError(
+                f"certfile {certfile}: chain in the wrong order: certificate {position + 1}"
+                f" ({issuer.subject.rfc4514_string()}) did not issue certificate {position}"
+                f" ({cert.subject.rfc4514_string()}); put the leaf first, then each issuer"
+            )
+    if not isinstance(key, PrivateKey):
+        raise ConfigError(f"keyfile {keyfile}: unsupported key type; use RSA, EC or Ed25519")
+    return chain, key
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def _no_password() -> bytes:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, cast
 
 from aioquic import tls
@@ -66,9 +67,11 @@ class CreditedQuicConnection(QuicConnection):
         connection_window: int,
         early_data: bool = False,
         reset_key: bytes = b"",
+        select_certificate: Callable[[str | None], Any] | None = None,
         **kw: Any,
     ) -> None:
         self.early_data_allowed = early_data
+        self.select_certificate = select_certificate
         self.reset_key = reset_key
         super().__init__(*args, **kw)
         self._derive_reset_tokens()
@@ -97,6 +100,8 @@ class CreditedQuicConnection(QuicConnection):
         super()._initialize(peer_cid)
         if not self.early_data_allowed:
             _refuse_early_data(self.tls)
+        if self.select_certificate is not None:
+            _choose_certificate_by_sni(self.tls, self.select_certificate)
 
     @property
     def handshake_complete(self) -> bool:
@@ -249,11 +254,36 @@ class TicketStore:
         return self.tickets.pop(label, None)
 
 
-def quic_configuration(config: Config) -> QuicConfiguration:
-    """The aioquic server configuration from ours (certificate, limits, logging)."""
+def _choose_certificate_by_sni(context: tls.Context, select: Callable[[str | None], Any]) -> None:
+    """aioquic has no server-name callback: each connection serves the configuration's
+    one certificate. Read the ClientHello's SNI just before aioquic handles it and put
+    the certificate chosen for that name (reloads and ACME renewals included) in place."""
+    handle_hello = context._server_handle_hello
+
+    def with_certificate(input_buf: Buffer, initial_buf: Buffer, handshake_buf: Buffer) -> None:
+        start = input_buf.tell()
+        try:
+            server_name = tls.pull_client_hello(input_buf).server_name
+        except Exception:  # malformed: aioquic's own parse below raises the right alert
+            server_name = None
+        input_buf.seek(start)
+        chosen = select(server_name)
+        if chosen is not None:
+            leaf, chain, key = chosen
+            context.certificate = leaf
+            context.certificate_chain = chain
+            context.certificate_private_key = key
+        handle_hello(input_buf, initial_buf, handshake_buf)
+
+    context._server_handle_hello = with_certificate  # type: ignore[method-assign]
+
+
+def quic_configuration(config: Config, certificates: Any = None) -> QuicConfiguration:
+    """The aioquic server configuration from ours (certificate, limits, logging).
+    With `certificates` (a `CertStore`), connections take theirs from it by SNI."""
     from multiplex.errors import ConfigError
 
-    if not config.certfile:
+    if not config.tls:
         raise ConfigError("--quic-bind needs --certfile and --keyfile: QUIC is always TLS")
     configuration = QuicConfiguration(
         is_client=False,
@@ -266,10 +296,19 @@ def quic_configuration(config: Config) -> QuicConfiguration:
         # WebTransport; without it a client may not send any.
         max_datagram_frame_size=65536 if config.webtransport else None,
     )
-    try:
-        configuration.load_cert_chain(config.certfile, config.keyfile)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load {config.certfile} for QUIC: {exc}") from None
+    if certificates is not None:
+        from multiplex.certificates import placeholder_quic_certificate
+
+        # aioquic wants one in the configuration; each connection replaces it.
+        chosen = certificates.quic_select(None) or placeholder_quic_certificate()
+        configuration.certificate, configuration.certificate_chain = chosen[0], chosen[1]
+        configuration.private_key = chosen[2]
+    else:
+        assert config.certfile is not None
+        try:
+            configuration.load_cert_chain(config.certfile, config.keyfile)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load {config.certfile} for QUIC: {exc}") from None
     keylog = config.keylog_file or os.environ.get("SSLKEYLOGFILE")
     if keylog:
         configuration.secrets_log_file = open(keylog, "a")
@@ -280,11 +319,17 @@ def quic_configuration(config: Config) -> QuicConfiguration:
 
 
 class QuicEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, server: ServerState, configuration: QuicConfiguration) -> None:
+    def __init__(
+        self, server: ServerState, configuration: QuicConfiguration, certificates: Any = None
+    ) -> None:
         from multiplex.protocols.http3 import H3Protocol
 
         self.server = server
         self.configuration = configuration
+        # A CertStore's quic_select, when the server has one: certificates by SNI.
+        self.select_certificate: Callable[[str | None], Any] | None = (
+            certificates.quic_select if certificates is not None else None
+        )
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.DatagramTransport | None = None
         self.address: tuple[str, int] | None = None
@@ -387,6 +432,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             connection_window=config.quic_max_data,
             early_data=config.quic_0rtt,
             reset_key=self.reset_key,
+            select_certificate=self.select_certificate,
         )
         # aioquic hard-codes 128 concurrent bidirectional streams; ours is a setting.
         quic._local_max_streams_bidi.value = config.quic_max_streams
