@@ -47,6 +47,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from multiplex.certificates import CertStore, dns_names
 from multiplex.config import Config
+from multiplex.devcerts import self_signed
 from multiplex.errors import ConfigError
 from multiplex.settings import parse_bind
 
@@ -320,24 +321,15 @@ class AcmeManager:
         """RFC 8737 section 3: a self-signed certificate for `domain` whose critical
         acmeIdentifier extension holds SHA-256 of the key authorization, served only
         with ALPN acme-tls/1."""
-        key = ec.generate_private_key(ec.SECP256R1())
         digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
-        now = _now()
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
-            # The extension's value is the DER OCTET STRING of the digest.
-            .add_extension(
-                x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest), critical=True
-            )
-            .sign(key, hashes.SHA256())
+        cert, key = self_signed(
+            domain,
+            datetime.timedelta(days=7),
+            [
+                (x509.SubjectAlternativeName([x509.DNSName(domain)]), False),
+                # The extension's value is the DER OCTET STRING of the digest.
+                (x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest), True),
+            ],
         )
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2

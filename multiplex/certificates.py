@@ -28,11 +28,9 @@ import ssl
 from collections.abc import Callable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from multiplex.config import Config
+from multiplex.devcerts import self_signed
 from multiplex.errors import ConfigError
 from multiplex.tls import PrivateKey, ServerSSLContext, check_pair, load_certificate
 
@@ -239,19 +237,7 @@ def dns_names(cert: x509.Certificate) -> list[str]:
 def placeholder_quic_certificate() -> QuicCertificate:
     """A throwaway self-signed certificate: aioquic insists on one in its configuration
     even when every connection gets its certificate from `quic_select`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "multiplex placeholder")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed("multiplex placeholder", datetime.timedelta(days=1))
     return cert, [], key
 
 

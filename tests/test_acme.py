@@ -26,7 +26,7 @@ from tests.apps import hello
 from tests.conftest import require_tool
 from tests.protocols.h3client import client_configuration, h3_connect
 from tests.test_certificates import CA
-from tests.test_cli_serve import free_port
+from tests.test_cli_serve import free_port, wait_for_accept
 
 pytest.importorskip("acme", reason="the acme extra is not installed")
 
@@ -38,19 +38,6 @@ def free_udp_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args[0]} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"nothing listens on {port} after {timeout} s")
 
 
 class Pebble:
@@ -101,7 +88,7 @@ class Pebble:
                 stdout=log, stderr=log,
             )  # fmt: skip
             self.processes.append(dns)
-            wait_listening(self.dns_management_port, dns)
+            wait_for_accept(dns, self.dns_management_port)
         env = dict(os.environ)
         # No sleeping before validations, no random nonce rejections, no reused
         # authorizations (so renewals are validated again, as with real CAs).
@@ -111,7 +98,7 @@ class Pebble:
             stdout=log, stderr=log, env=env, cwd=self.directory,
         )  # fmt: skip
         self.processes.append(pebble)
-        wait_listening(self.acme_port, pebble)
+        wait_for_accept(pebble, self.acme_port)
         root = httpx.get(
             f"https://localhost:{self.management_port}/roots/0",
             verify=ssl.create_default_context(cafile=str(self.ca.path)),

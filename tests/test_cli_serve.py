@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -47,12 +48,12 @@ def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str
     )
 
 
-def wait_for_accept(process: subprocess.Popen[str], port: int, timeout: float = 20) -> None:
+def wait_for_accept(process: subprocess.Popen[Any], port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             _, stderr = process.communicate()
-            pytest.fail(f"server exited with {process.returncode}: {stderr}")
+            pytest.fail(f"{process.args[0]} exited with {process.returncode}: {stderr}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
