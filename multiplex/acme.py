@@ -272,16 +272,17 @@ class AcmeManager:
                 self.config.acme_ari_max_interval,
             )
             poll = now + datetime.timedelta(seconds=backoff)
-            failed = f"the CA's renewal information failed: {_describe(exc)}"
+            failed = _describe_ari(exc)
             if previous is not None and previous.by_ari:
                 # The CA's last answer for this certificate still stands: falling back
                 # to two thirds could put off a renewal the CA asked for.
-                plan = RenewalPlan(
-                    previous.due, poll, True, f"per the CA's earlier renewal information ({failed})"
-                )
+                why = f"per the CA's earlier renewal information (asking again failed: {failed})"
+                plan = RenewalPlan(previous.due, poll, True, why)
             else:
                 due = two_thirds(cert.not_before, cert.not_after)
-                plan = RenewalPlan(due, poll, False, f"at two thirds of the lifetime ({failed})")
+                why = "at two thirds of the lifetime"
+                why += f" (asking the CA for renewal information failed: {failed})"
+                plan = RenewalPlan(due, poll, False, why)
             logger.warning(
                 "ACME: renewal of %s %s %s; asking again in %.0f s",
                 names,
@@ -708,6 +709,22 @@ def _not_after(cert: x509.Certificate) -> datetime.datetime:
     if value is None:
         value = cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
     return value
+
+
+def _describe_ari(exc: BaseException) -> str:
+    """acme's ARIError is (message, retry time) with the CA's answer as its cause:
+    say the message and the cause."""
+    from acme import errors
+
+    if not isinstance(exc, errors.ARIError) or not exc.args:
+        return _describe(exc)
+    cause = exc.__cause__
+    if cause is None:
+        return _describe(Exception(exc.args[0]))
+    # A bare HTTP error arrives as ClientError(response), which prints as <Response [404]>.
+    status = getattr(cause.args[0] if cause.args else None, "status_code", None)
+    said = f"HTTP {status}" if isinstance(status, int) else _describe(cause)
+    return _describe(Exception(f"{exc.args[0]}: {said}"))
 
 
 def _describe(exc: BaseException) -> str:
