@@ -108,8 +108,8 @@ def plan_renewal(
     A suggested time already past means renew now (RFC 9773 section 4.2: a window in
     the past asks for immediate renewal). One at or after expiry is not believed (it
     would let the certificate lapse), nor is a Retry-After outside the configured
-    bounds (RFC 9773 asks clients to bound the interval; under a minute and over a day
-    are its examples of unreasonable)."""
+    bounds (RFC 9773 section 4.3.2 asks clients to bound the interval; under a minute
+    and over a day are its examples of unreasonable)."""
     poll = min(
         max(next_poll, now + datetime.timedelta(seconds=config.acme_ari_min_interval)),
         now + datetime.timedelta(seconds=config.acme_ari_max_interval),
@@ -258,7 +258,7 @@ class AcmeManager:
         now = _now()
         names = ", ".join(self.domains)
         if cert.not_after <= now:
-            # RFC 9773 section 4.2: no renewal information for an expired certificate.
+            # RFC 9773 section 4.3: no renewal information for an expired certificate.
             poll = now + datetime.timedelta(seconds=self.config.acme_ari_max_interval)
             return RenewalPlan(now, poll, False, "(the certificate has expired)")
         try:
