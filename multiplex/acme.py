@@ -14,12 +14,16 @@ Challenges:
 - http-01: a cleartext listener on `acme_http_bind` answers
   /.well-known/acme-challenge/TOKEN and redirects everything else to https (308).
 
-Life cycle: a cached certificate that is still valid is served at once and the CA is
-not asked; otherwise normal TLS clients wait (their connections are held before the
-handshake) until the first certificate arrives. Renewal is due at two thirds of the
-lifetime; a failed order is retried with exponential backoff and logged, while the
-certificate in use keeps serving. A new certificate takes effect for new TCP and QUIC
-handshakes at once; open connections keep theirs.
+Life cycle: a cached certificate that is still valid is served at once (the CA is not
+asked for a certificate); otherwise normal TLS clients wait (their connections are held
+before the handshake) until the first certificate arrives. Renewal is scheduled by the
+CA's ACME Renewal Information (RFC 9773) when its directory offers `renewalInfo`: a
+random time inside the suggested window, the window asked for again after the CA's
+Retry-After (bounded by `acme_ari_min_interval` and `acme_ari_max_interval`). Without
+it, or when the request fails, renewal is due at two thirds of the lifetime. A failed
+order is retried with exponential backoff and logged, while the certificate in use
+keeps serving. A new certificate takes effect for new TCP and QUIC handshakes at once;
+open connections keep theirs.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import socket
 import ssl
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -45,7 +50,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from multiplex.certificates import CertStore, dns_names
+from multiplex.certificates import Certificate, CertStore, dns_names
 from multiplex.config import Config
 from multiplex.devcerts import self_signed
 from multiplex.errors import ConfigError
@@ -70,6 +75,55 @@ MAX_RECORD = 16384 + 5
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class RenewalPlan:
+    """When to order the current certificate's replacement, and when to ask the CA's
+    renewal information again (which may move it)."""
+
+    due: datetime.datetime
+    poll: datetime.datetime
+    by_ari: bool  # due comes from the CA's renewal information
+    why: str  # for the log
+
+    def when(self, now: datetime.datetime) -> str:
+        return "now" if self.due <= now else f"at {_iso(self.due)}"
+
+
+def two_thirds(not_before: datetime.datetime, not_after: datetime.datetime) -> datetime.datetime:
+    return not_before + (not_after - not_before) * RENEW_AT
+
+
+def plan_renewal(
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    now: datetime.datetime,
+    suggested: datetime.datetime | None,
+    next_poll: datetime.datetime,
+    config: Config,
+) -> RenewalPlan:
+    """The schedule from one renewal-information answer: `suggested` is the time the
+    acme library picked inside the CA's suggestedWindow (None: the CA offers no ARI),
+    `next_poll` when the CA's Retry-After says to ask again.
+
+    A suggested time already past means renew now (RFC 9773 section 4.2: a window in
+    the past asks for immediate renewal). One at or after expiry is not believed (it
+    would let the certificate lapse), nor is a Retry-After outside the configured
+    bounds (RFC 9773 section 4.3.2 asks clients to bound the interval; under a minute
+    and over a day are its examples of unreasonable)."""
+    poll = min(
+        max(next_poll, now + datetime.timedelta(seconds=config.acme_ari_min_interval)),
+        now + datetime.timedelta(seconds=config.acme_ari_max_interval),
+    )
+    fallback = two_thirds(not_before, not_after)
+    if suggested is None:
+        why = "(the CA offers no renewal information)"
+        return RenewalPlan(fallback, poll, False, f"at two thirds of the lifetime {why}")
+    if suggested >= not_after:
+        why = f"(the CA's renewal information suggests {_iso(suggested)}, after expiry)"
+        return RenewalPlan(fallback, poll, False, f"at two thirds of the lifetime {why}")
+    return RenewalPlan(suggested, poll, True, "per the CA's renewal information")
+
+
 class AcmeManager:
     def __init__(self, config: Config, store: CertStore) -> None:
         try:
@@ -91,6 +145,9 @@ class AcmeManager:
         self.http_tokens: dict[str, str] = {}
         self.ready = asyncio.Event()
         self.failures = 0
+        self.ari_failures = 0
+        # For the certificate in use; None: ask the CA's renewal information first.
+        self.plan: RenewalPlan | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._http: asyncio.AbstractServer | None = None
@@ -117,11 +174,12 @@ class AcmeManager:
         except ConfigError as exc:
             logger.warning("ACME: ignoring cached certificate: %s", exc)
             return False
+        self.plan = None
         self.ready.set()
         logger.info(
             "ACME: using the cached certificate for %s (valid until %s)",
             ", ".join(self.domains),
-            _not_after(cert).isoformat(timespec="seconds"),
+            _iso(_not_after(cert)),
         )
         return True
 
@@ -152,18 +210,25 @@ class AcmeManager:
 
     # --- renewal loop -----------------------------------------------------------------
 
-    def renew_at(self) -> datetime.datetime | None:
-        cert = self.store.managed
-        if cert is None:
-            return None
-        return cert.not_before + (cert.not_after - cert.not_before) * RENEW_AT
-
     async def _run(self) -> None:
         while True:
-            due = self.renew_at()
-            if due is not None and due > _now():
-                await asyncio.sleep(min((due - _now()).total_seconds(), 86400.0))
-                continue
+            cert = self.store.managed
+            if cert is not None:
+                if self.plan is None or self.plan.poll <= _now():
+                    self.plan = await self._replan(cert, self.plan)
+                now = _now()
+                if self.plan.due > now:
+                    # Wake for whichever comes first: the renewal, or asking the CA's
+                    # renewal information again (it may move the renewal earlier).
+                    wake = min(self.plan.due, self.plan.poll)
+                    await asyncio.sleep((wake - now).total_seconds())
+                    continue
+                logger.info(
+                    "ACME: renewing the certificate for %s, due %s %s",
+                    ", ".join(self.domains),
+                    _iso(self.plan.due),
+                    self.plan.why,
+                )
             try:
                 await asyncio.to_thread(self._obtain)
             except asyncio.CancelledError:
@@ -188,17 +253,71 @@ class AcmeManager:
                 continue
             self.failures = 0
 
+    async def _replan(self, cert: Certificate, previous: RenewalPlan | None) -> RenewalPlan:
+        """Ask the CA's renewal information (in a thread) when to renew `cert`."""
+        now = _now()
+        names = ", ".join(self.domains)
+        if cert.not_after <= now:
+            # RFC 9773 section 4.3: no renewal information for an expired certificate.
+            poll = now + datetime.timedelta(seconds=self.config.acme_ari_max_interval)
+            return RenewalPlan(now, poll, False, "(the certificate has expired)")
+        try:
+            suggested, next_poll = await asyncio.to_thread(self._renewal_info, cert.certfile)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.ari_failures += 1
+            backoff = min(
+                self.config.acme_ari_min_interval * 2 ** (self.ari_failures - 1),
+                self.config.acme_ari_max_interval,
+            )
+            poll = now + datetime.timedelta(seconds=backoff)
+            failed = _describe_ari(exc)
+            if previous is not None and previous.by_ari:
+                # The CA's last answer for this certificate still stands: falling back
+                # to two thirds could put off a renewal the CA asked for.
+                why = f"per the CA's earlier renewal information (asking again failed: {failed})"
+                plan = RenewalPlan(previous.due, poll, True, why)
+            else:
+                due = two_thirds(cert.not_before, cert.not_after)
+                why = "at two thirds of the lifetime"
+                why += f" (asking the CA for renewal information failed: {failed})"
+                plan = RenewalPlan(due, poll, False, why)
+            logger.warning(
+                "ACME: renewal of %s %s %s; asking again in %.0f s",
+                names,
+                plan.when(now),
+                plan.why,
+                backoff,
+            )
+            return plan
+        self.ari_failures = 0
+        plan = plan_renewal(cert.not_before, cert.not_after, now, suggested, next_poll, self.config)
+        # Said once per certificate and whenever the source changes; the CA's window is
+        # asked for again every Retry-After and each answer re-picks a random time, which
+        # would otherwise fill the log.
+        changed = previous is None or previous.why != plan.why
+        logger.log(
+            logging.INFO if changed else logging.DEBUG,
+            "ACME: renewal of %s %s %s; asking the CA again at %s",
+            names,
+            plan.when(now),
+            plan.why,
+            _iso(plan.poll),
+        )
+        return plan
+
     def _install(self) -> None:
         """On the loop: serve the certificate just written to the cache."""
         self.store.set_managed(str(self.certfile), str(self.keyfile))
+        self.plan = None  # the renewal loop asks the CA's renewal information next
         self.ready.set()
         cert = self.store.managed
         assert cert is not None
         logger.info(
-            "ACME: new certificate for %s, valid until %s; renewal due %s",
+            "ACME: new certificate for %s, valid until %s",
             ", ".join(self.domains),
-            cert.not_after.isoformat(timespec="seconds"),
-            (self.renew_at() or cert.not_after).isoformat(timespec="seconds"),
+            _iso(cert.not_after),
         )
 
     def _on_loop(self, fn: Callable[[], T]) -> T:
@@ -212,19 +331,42 @@ class AcmeManager:
 
     # --- talking to the CA (in a thread) ---------------------------------------------
 
-    def _obtain(self) -> None:
+    def _client(self) -> tuple[Any, Any]:
+        """(acme ClientV2 with the CA's directory, account key)."""
         import josepy as jose
-        from acme import client, messages
+        from acme import client
 
-        _register_tls_alpn01()
         self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
         account_key = jose.jwk.JWKRSA(key=self._account_key())
         # requests takes a CA bundle path where acme's annotation says bool.
         verify = cast(bool, self.config.acme_ca_certs or True)
         net = client.ClientNetwork(account_key, user_agent="multiplex", verify_ssl=verify)
         directory = client.ClientV2.get_directory(self.directory_url, net)
-        acme = client.ClientV2(directory, net)
-        net.account = self._account(acme)
+        return client.ClientV2(directory, net), account_key
+
+    def _renewal_info(self, certfile: str) -> tuple[datetime.datetime | None, datetime.datetime]:
+        """(a random time inside the CA's suggested renewal window, or None when the
+        directory has no renewalInfo; when to ask again). The acme library does the
+        request (an unauthenticated GET of renewalInfo/<AKI>.<serial>), the random pick
+        and the Retry-After."""
+        acme, _ = self._client()
+        leaf = x509.load_pem_x509_certificates(Path(certfile).read_bytes())[0]
+        suggested, next_poll = acme.renewal_time(leaf.public_bytes(serialization.Encoding.PEM))
+        if next_poll.tzinfo is None:
+            # acme gives naive local time here (datetime.now() + Retry-After seconds);
+            # a Retry-After in HTTP-date form comes back as naive UTC instead, off by
+            # the UTC offset, which plan_renewal's bounds keep sane.
+            next_poll = next_poll.astimezone(datetime.timezone.utc)
+        if suggested is not None:
+            suggested = suggested.astimezone(datetime.timezone.utc)
+        return suggested, next_poll
+
+    def _obtain(self) -> None:
+        from acme import messages
+
+        _register_tls_alpn01()
+        acme, account_key = self._client()
+        acme.net.account = self._account(acme)
 
         cert_key = ec.generate_private_key(ec.SECP256R1())
         csr = (
@@ -558,11 +700,31 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+def _iso(when: datetime.datetime) -> str:
+    return when.isoformat(timespec="seconds")
+
+
 def _not_after(cert: x509.Certificate) -> datetime.datetime:
     value: datetime.datetime | None = getattr(cert, "not_valid_after_utc", None)
     if value is None:
         value = cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
     return value
+
+
+def _describe_ari(exc: BaseException) -> str:
+    """acme's ARIError is (message, retry time) with the CA's answer as its cause:
+    say the message and the cause."""
+    from acme import errors
+
+    if not isinstance(exc, errors.ARIError) or not exc.args:
+        return _describe(exc)
+    cause = exc.__cause__
+    if cause is None:
+        return _describe(Exception(exc.args[0]))
+    # A bare HTTP error arrives as ClientError(response), which prints as <Response [404]>.
+    status = getattr(cause.args[0] if cause.args else None, "status_code", None)
+    said = f"HTTP {status}" if isinstance(status, int) else _describe(cause)
+    return _describe(Exception(f"{exc.args[0]}: {said}"))
 
 
 def _describe(exc: BaseException) -> str:

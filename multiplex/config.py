@@ -153,6 +153,17 @@ class Config:
     acme_retry_max_delay: float = _opt(
         6 * 3600.0, "Longest wait between retries of a failed ACME order."
     )
+    acme_ari_min_interval: float = _opt(
+        60.0,
+        "Shortest wait between two requests for a certificate's ACME Renewal Information"
+        " (RFC 9773): a shorter Retry-After from the CA counts as this. A failed request"
+        " is retried after this, doubling up to `acme_ari_max_interval`.",
+    )
+    acme_ari_max_interval: float = _opt(
+        86400.0,
+        "Longest wait between requests for a certificate's renewal information: a longer"
+        " Retry-After counts as this, so a window the CA moves is seen at least this often.",
+    )
 
     # --- process -----------------------------------------------------------------
     loop: str = _opt(

@@ -401,6 +401,8 @@ def _validate_acme(config: Config) -> None:
         raise ConfigError(f"--acme-http-bind {config.acme_http_bind!r}: needs host:port")
     if config.acme_ca_certs is not None and not os.path.isfile(config.acme_ca_certs):
         raise ConfigError(f"--acme-ca-certs {config.acme_ca_certs!r}: no such file")
+    if config.acme_ari_min_interval > config.acme_ari_max_interval:
+        raise ConfigError("--acme-ari-min-interval must not exceed --acme-ari-max-interval")
     for name in config.acme_domain:
         if not _DOMAIN.match(name):
             raise ConfigError(f"--acme-domain {name!r} is not a DNS name")
