@@ -22,7 +22,7 @@ from interop.benchmarks.apps import UPLOAD_SIZE
 from interop.benchmarks.report import Cell, Results
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_SERVERS = "multiplex,hypercorn,uvicorn,granian,daphne"
+DEFAULT_SERVERS = "multiplex,hypercorn,uvicorn,granian,daphne,nghttpd"
 
 
 def measure(
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             cell = results[scenario.key][spec.name] = Cell()
             if scenario.needs not in spec.can:
                 cell.skipped = spec.cannot.get(scenario.needs, f"no {scenario.needs}")
+            elif spec.only is not None and scenario.key not in spec.only:
+                cell.skipped = spec.only_why
             elif tool:
                 cell.skipped = f"{tool} not installed"
 
