@@ -10,17 +10,19 @@ each peer's ratio to multiplex, beside a PNG chart and the raw samples (JSON).
 from __future__ import annotations
 
 import argparse
+import re
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from interop.benchmarks import report, scenarios, servers
+from interop.benchmarks import h2ceiling, report, scenarios, servers
 from interop.benchmarks.apps import UPLOAD_SIZE
 from interop.benchmarks.report import Cell, Results
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_SERVERS = "multiplex,hypercorn,uvicorn,granian,daphne"
+DEFAULT_SERVERS = "multiplex,hypercorn,uvicorn,granian,daphne,nghttpd"
 
 
 def measure(
@@ -42,6 +44,35 @@ def measure(
         return value, running.peak_rss_mib()
     finally:
         running.stop()
+
+
+CEILING_TRIES = 5
+
+
+def measure_ceiling(smoke: bool) -> dict[str, float] | None:
+    """The in-memory HTTP/2 ceiling, run on the servers' core like a server; None if
+    it failed (the table still stands without its footnote)."""
+    cmd = [sys.executable, "-m", "interop.benchmarks.h2ceiling"]
+    tries = 1 if smoke else CEILING_TRIES
+    cmd += ["--requests", "2000" if smoke else "10000", "--tries", str(tries)]
+    try:
+        out = subprocess.run(
+            servers.pinned(0, cmd),
+            cwd=servers.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"h2 ceiling not measured: {exc}", file=sys.stderr)
+        return None
+    rates = {}
+    for line in out.splitlines():
+        match = re.match(r"(\S+)\s+([\d,]+) req/s", line)
+        if match:
+            rates[match.group(1)] = float(match.group(2).replace(",", ""))
+    return rates if set(rates) >= set(h2ceiling.RUNNERS) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             cell = results[scenario.key][spec.name] = Cell()
             if scenario.needs not in spec.can:
                 cell.skipped = spec.cannot.get(scenario.needs, f"no {scenario.needs}")
+            elif spec.only is not None and scenario.key not in spec.only:
+                cell.skipped = spec.only_why
             elif tool:
                 cell.skipped = f"{tool} not installed"
 
@@ -134,6 +167,19 @@ def main(argv: list[str] | None = None) -> int:
 
     info = report.machine(specs)
     text = report.markdown(results, chosen, specs, info, rounds, args.smoke)
+    hello = {
+        s.title: cell.median
+        for s in chosen
+        if s.key.startswith("h2") and "hello" in s.key
+        for cell in [results[s.key].get(report.BASELINE)]
+        if cell is not None and cell.median is not None
+    }
+    if hello:
+        rates = measure_ceiling(args.smoke)
+        if rates is not None:
+            print(f"h2 ceiling: {rates}")
+            tries = 1 if args.smoke else CEILING_TRIES
+            text += "\n" + h2ceiling.footnote(rates, hello, tries) + "\n"
     output.write_text(text)
     report.dump_json(results, info, output.with_suffix(".json"))
     png = output.with_suffix(".png")

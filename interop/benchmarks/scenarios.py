@@ -131,9 +131,13 @@ def _h2_hello(tls: bool, clients: int, streams: int) -> Callable[[Target], float
     return run
 
 
-def _h2_download(t: Target) -> float:
-    rate = h2load(f"https://127.0.0.1:{t.port}/download", 4, 4, t, 40)
-    return rate * DOWNLOAD_SIZE / MIB
+def _h2_download(tls: bool) -> Callable[[Target], float]:
+    def run(t: Target) -> float:
+        scheme = "https" if tls else "http"
+        rate = h2load(f"{scheme}://127.0.0.1:{t.port}/download", 4, 4, t, 40)
+        return rate * DOWNLOAD_SIZE / MIB
+
+    return run
 
 
 def _h2_upload(t: Target) -> float:
@@ -221,6 +225,16 @@ SCENARIOS: list[Scenario] = [
         _h2_hello(False, 10, 10),
     ),
     Scenario(
+        "h2c-hello-c100m10",
+        "h2c hello, h2load -c100 -m10",
+        "req/s",
+        H2C,
+        False,
+        False,
+        "h2load",
+        _h2_hello(False, 100, 10),
+    ),
+    Scenario(
         "h2c-hello-c1m100",
         "h2c hello, h2load -c1 -m100",
         "req/s",
@@ -241,6 +255,16 @@ SCENARIOS: list[Scenario] = [
         _h2_hello(True, 10, 10),
     ),
     Scenario(
+        "h2-hello-c100m10",
+        "HTTP/2 TLS hello, h2load -c100 -m10",
+        "req/s",
+        H2,
+        True,
+        False,
+        "h2load",
+        _h2_hello(True, 100, 10),
+    ),
+    Scenario(
         "h2-hello-c1m100",
         "HTTP/2 TLS hello, h2load -c1 -m100",
         "req/s",
@@ -258,7 +282,17 @@ SCENARIOS: list[Scenario] = [
         True,
         False,
         "h2load",
-        _h2_download,
+        _h2_download(True),
+    ),
+    Scenario(
+        "h2c-download",
+        "h2c 1 MiB downloads, -c4 -m4",
+        "MiB/s",
+        H2C,
+        False,
+        False,
+        "h2load",
+        _h2_download(False),
     ),
     Scenario(
         "h2-upload",

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,11 +57,25 @@ class ServerSpec:
     cannot: dict[str, str]  # capability -> why not, shown under the table
     command: CommandBuilder
     note: str = ""
+    program: str = ""  # for a server that is not a Python package: its executable
+    # When set, the only scenarios it runs (a static-file server has no app); the rest
+    # are n/a with `only_why`.
+    only: frozenset[str] | None = None
+    only_why: str = ""
 
     def installed(self) -> bool:
+        if self.program:
+            return _program(self.program) is not None
         return importlib.util.find_spec(self.package.replace("-", "_").lower()) is not None
 
     def version(self) -> str:
+        if self.program:
+            path = _program(self.program)
+            try:
+                out = subprocess.run([str(path), "--version"], capture_output=True, text=True)
+            except OSError:
+                return "?"
+            return out.stdout.strip().rpartition("/")[2] or "?"
         try:
             return importlib.metadata.version(self.package)
         except importlib.metadata.PackageNotFoundError:
@@ -137,6 +152,32 @@ def _daphne_h2() -> bool:
     return ok and importlib.util.find_spec("OpenSSL") is not None
 
 
+def _program(name: str) -> str | None:
+    """An executable on PATH, or in /usr/sbin (nghttpd's place on Debian, often off PATH)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+
+
+def htdocs() -> Path:
+    """The static server's document root: `download` holds the same 1 MiB as the app's
+    /download (written once; the app's bytes are b"x" * 1 MiB)."""
+    from interop.benchmarks.apps import DOWNLOAD_SIZE
+
+    root = Path(tempfile.gettempdir()) / "multiplex-bench-htdocs"
+    root.mkdir(exist_ok=True)
+    download = root / "download"
+    if not download.exists() or download.stat().st_size != DOWNLOAD_SIZE:
+        download.write_bytes(b"x" * DOWNLOAD_SIZE)
+    return root
+
+
+def _nghttpd(listen: Listen) -> list[str]:
+    # One worker thread (its default); nghttpd's own TLS (OpenSSL), ALPN h2.
+    cmd = [str(_program("nghttpd")), "--address", "127.0.0.1", "--htdocs", str(htdocs())]
+    if listen.tls:
+        return [*cmd, str(listen.port), listen.key, listen.cert]
+    return [*cmd, "--no-tls", str(listen.port)]
+
+
 _NO_H3 = "no HTTP/3"
 
 SPECS: dict[str, ServerSpec] = {
@@ -193,6 +234,17 @@ SPECS: dict[str, ServerSpec] = {
             },
             _daphne,
             "Twisted; HTTP/2 only over TLS through ALPN (Twisted's h2 support), no h2c",
+        ),
+        ServerSpec(
+            "nghttpd",
+            "nghttp2-server",
+            frozenset({H2C, H2}),
+            {H1: "no HTTP/1.1", H3: _NO_H3, WS: "no WebSocket"},
+            _nghttpd,
+            "C (nghttp2), serving the same 1 MiB as a static file: the download yardstick",
+            program="nghttpd",
+            only=frozenset({"h2-download", "h2c-download"}),
+            only_why="static files only",
         ),
     )
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,35 @@ def test_benchmark_smoke_writes_a_table(tmp_path: Path) -> None:
     assert table.with_suffix(".json").exists()
     if importlib.util.find_spec("matplotlib") is not None:
         assert table.with_suffix(".png").stat().st_size > 0
+    # The h2 hello rows are followed by the in-memory HTTP/2 ceiling and their share of it.
+    assert "HTTP/2 ceiling" in text and "% of the ceiling" in text, text
+
+
+@pytest.mark.timeout(120)
+def test_benchmark_smoke_runs_nghttpd_on_the_downloads_only(tmp_path: Path) -> None:
+    """nghttpd serves the same 1 MiB as a static file beside multiplex; it has no app,
+    so the hello scenarios are n/a for it, with the reason."""
+    require_tool("h2load")
+    if not Path("/usr/sbin/nghttpd").exists() and shutil.which("nghttpd") is None:
+        pytest.skip("nghttpd not installed (Debian: nghttp2-server)")
+    table = tmp_path / "table.md"
+    scenarios = "h2-download,h2c-download,h2c-hello-c10m10"
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "interop.benchmarks", "--smoke"),
+            *("--servers", "multiplex,nghttpd", "--scenarios", scenarios, "--output", str(table)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {
+        line.split(" (")[0].strip("| "): [c.strip() for c in line.strip("|").split("|")][1:]
+        for line in table.read_text().split("Peak memory")[0].splitlines()
+        if line.startswith("| ") and "Scenario" not in line
+    }
+    for title in ("HTTP/2 TLS 1 MiB downloads, -c4 -m4", "h2c 1 MiB downloads, -c4 -m4"):
+        assert all(re.match(r"[\d,.]+ ", c + " ") for c in rows[title]), rows
+    assert rows["h2c hello, h2load -c10 -m10"][1] == "n/a (static files only)", rows

@@ -6,6 +6,7 @@ import hashlib
 import re
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 from collections.abc import Callable
@@ -14,10 +15,12 @@ from typing import Any
 import h2.errors
 import httpx
 import pytest
+from hyperframe.frame import HeadersFrame
 
 from multiplex.errors import ClientDisconnected
 from tests import apps
 from tests.conftest import RunningServer, require_tool
+from tests.protocols.h2raw import GOAWAY, RawH2, request_headers
 from tests.protocols.rawh2 import H2Client
 
 RunServer = Callable[..., RunningServer]
@@ -440,3 +443,29 @@ def test_graceful_shutdown_finishes_in_flight_httpx(
     assert running.server.state is None
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", running.port), timeout=5).close()
+
+
+def test_client_goaway_with_requests_in_flight_ends_the_connection_once_they_finish(
+    run_server: RunServer,
+) -> None:
+    """A client that sends GOAWAY (NO_ERROR) while its requests still run, as h2load does
+    at the end of a timed run: h2 refuses to send on the connection from then on, so the
+    responses are dropped, and when the last app returns the server hangs up (it used to
+    raise in the app task while resetting the finished stream, and kept the connection)."""
+    gate = apps.Gate()
+    running = run_server(gate, h2c=True)
+    state = running.server.state
+    assert state is not None
+    connections = state.connections
+    with RawH2(running.port) as conn:
+        conn.handshake()
+        conn.send_headers(1, request_headers("/wait"))  # half-closed: its body is complete
+        conn.send_headers(3, request_headers("/wait"), end_stream=False)  # body still open
+        conn.ping()
+        conn.frames_until_ping_ack()  # both requests are with the app
+        conn.send_frame(GOAWAY, 0, 0, struct.pack(">LL", 0, 0))
+        # (No PING as a barrier here: h2 takes any frame after a GOAWAY as an error.)
+        wait_for(running, lambda: any(getattr(c, "_peer_goaway", False) for c in connections))
+        gate.release(running.loop)
+        frames = conn.read_until_closed()  # returns once the server closed the connection
+    assert not any(isinstance(frame, HeadersFrame) for frame in frames), frames

@@ -61,9 +61,7 @@ class PushApp:
         return [s for s in self.scopes if s["path"] == "/style.css"]
 
 
-def test_nghttp_receives_push_over_tls(
-    run_server: RunServer, tls_config: dict[str, Any]
-) -> None:
+def test_nghttp_receives_push_over_tls(run_server: RunServer, tls_config: dict[str, Any]) -> None:
     require_tool("nghttp")
     app = PushApp()
     running = run_server(app, **tls_config)
