@@ -22,7 +22,7 @@ from interop.benchmarks.apps import UPLOAD_SIZE
 from interop.benchmarks.report import Cell, Results
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_SERVERS = "multiplex,hypercorn,uvicorn,granian,daphne,nghttpd"
+DEFAULT_SERVERS = "multiplex,hypercorn,bare-aioquic,uvicorn,granian,daphne,nghttpd"
 
 
 def measure(

@@ -113,6 +113,11 @@ def _hypercorn(worker_class: str) -> CommandBuilder:
     return build
 
 
+def _bare_aioquic(listen: Listen) -> list[str]:
+    cmd = _python("-m", "interop.benchmarks.bare_aioquic", "--port", str(listen.port))
+    return [*cmd, "--certfile", listen.cert, "--keyfile", listen.key]
+
+
 def _uvicorn(listen: Listen) -> list[str]:
     # Defaults pick httptools and uvloop when installed (the `uvicorn[standard]` set).
     cmd = _python("-m", "uvicorn", APP, "--host", "127.0.0.1", "--port", str(listen.port))
@@ -206,6 +211,20 @@ SPECS: dict[str, ServerSpec] = {
             {},
             _hypercorn("uvloop"),
             "-k uvloop; supervisor + 1 worker process",
+        ),
+        ServerSpec(
+            "bare-aioquic",
+            "aioquic",
+            frozenset({H3}),
+            {
+                H1: "HTTP/3 only",
+                H2C: "HTTP/3 only",
+                H2: "HTTP/3 only",
+                WS: "HTTP/3 only",
+            },
+            _bare_aioquic,
+            "aioquic's serve() + H3Connection answering from its event callback: no ASGI,"
+            " no tasks (the yardstick, not a server)",
         ),
         ServerSpec(
             "uvicorn",

@@ -144,6 +144,12 @@ class CreditedQuicConnection(QuicConnection):
             limit.used = used
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        # aioquic calls this for every stream on every packet it builds. A stream whose
+        # final size is known needs no more MAX_STREAM_DATA (RFC 9000 section 3.2: the
+        # peer has all the credit it can use), and that is every request whose GET has
+        # arrived whole: return before anything else.
+        if stream.receiver._final_size is not None:
+            return
         stream_id = stream.stream_id
         if (
             stream_id is None

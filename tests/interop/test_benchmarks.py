@@ -100,3 +100,40 @@ def test_benchmark_smoke_runs_nghttpd_on_the_downloads_only(tmp_path: Path) -> N
     for title in ("HTTP/2 TLS 1 MiB downloads, -c4 -m4", "h2c 1 MiB downloads, -c4 -m4"):
         assert all(re.match(r"[\d,.]+ ", c + " ") for c in rows[title]), rows
     assert rows["h2c hello, h2load -c10 -m10"][1] == "n/a (static files only)", rows
+
+
+@pytest.mark.timeout(120)
+def test_bare_aioquic_server_runs_the_h3_scenarios_only(tmp_path: Path) -> None:
+    """The bare aioquic yardstick answers the HTTP/3 scenarios beside multiplex, and is
+    marked n/a (not failed) where it has nothing to serve."""
+    require_tool("gtlsclient")
+    table = tmp_path / "table.md"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "interop.benchmarks",
+            "--smoke",
+            "--scenarios",
+            "h3-hello-one,h1",
+            "--servers",
+            "multiplex,bare-aioquic",
+            "--output",
+            str(table),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    throughput = table.read_text().split("Peak memory")[0]
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")][1:]
+        for line in throughput.splitlines()
+        if line.startswith("| HTTP/")
+    }
+    h3 = next(cells for title, cells in rows.items() if title.startswith("HTTP/3"))
+    h1 = next(cells for title, cells in rows.items() if title.startswith("HTTP/1.1"))
+    assert re.match(r"[\d,]+ \(", h3[1]), h3
+    assert h1[1].startswith("n/a"), h1

@@ -9,9 +9,15 @@ import random
 
 import pylsqpack
 import pytest
-from aioquic.h3.connection import QpackDecompressionFailed
+from aioquic.h3 import connection as h3_connection
+from aioquic.h3.connection import MessageError, QpackDecompressionFailed
 
-from multiplex.protocols.qpack import decoded_size_bound, field_section_size
+from multiplex.protocols.qpack import (
+    decoded_size_bound,
+    fast_validate_header_name,
+    fast_validate_header_value,
+    field_section_size,
+)
 
 CAPACITY = 4096
 
@@ -52,3 +58,38 @@ def test_truncated_block_is_a_decompression_failure() -> None:
     _, block = pylsqpack.Encoder().encode(0, [(b"x-long", b"z" * 500)])
     with pytest.raises(QpackDecompressionFailed):
         decoded_size_bound(block[:-10], CAPACITY)
+
+
+def _outcome(check: object, *args: bytes) -> str | None:
+    try:
+        check(*args)  # type: ignore[operator]
+    except MessageError as exc:
+        return str(exc)
+    return None
+
+
+def _field_samples(seed: int) -> list[bytes]:
+    """Every single byte, every pair around the edges of the rules, and random fields
+    biased towards the bytes the rules are about."""
+    rng = random.Random(seed)
+    edges = [0x00, 0x09, 0x0A, 0x0D, 0x20, 0x21, 0x3A, 0x40, 0x41, 0x5A, 0x5B, 0x61, 0x7E, 0x7F]
+    edges += [0x80, 0xFF]
+    samples = [b"", *(bytes([b]) for b in range(256))]
+    samples += [bytes([a, b]) for a in edges for b in edges]
+    pool = [*edges, *range(0x61, 0x7B)]
+    for _ in range(3000):
+        samples.append(bytes(rng.choice(pool) for _ in range(rng.randint(1, 12))))
+    return samples
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_field_checks_agree_with_aioquic(seed: int) -> None:
+    """The regular-expression checks the request path uses accept and refuse exactly
+    what aioquic's byte-by-byte ones do, with aioquic's own error."""
+    for sample in _field_samples(seed):
+        assert _outcome(fast_validate_header_name, sample) == _outcome(
+            h3_connection.validate_header_name, sample
+        ), sample
+        assert _outcome(fast_validate_header_value, b"x", sample) == _outcome(
+            h3_connection.validate_header_value, b"x", sample
+        ), sample
