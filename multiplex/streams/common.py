@@ -56,10 +56,19 @@ def base_scope(
 
 def start_app_task(server: ServerState, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     """One task per stream, known to the server so shutdown can cancel stragglers."""
-    task = asyncio.get_running_loop().create_task(coro)
+    task = asyncio.get_running_loop().create_task(_tracked(server.tasks, coro))
     server.tasks.add(task)
-    task.add_done_callback(server.tasks.discard)
     return task
+
+
+async def _tracked(tasks: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> None:
+    """Run `coro`, then leave `tasks`. Not a done callback: the loop runs those one turn
+    later, as a callback of their own, one more for every request. (A task cancelled
+    before it ever ran stays in the set; only shutdown cancels those, and it empties it.)"""
+    try:
+        await coro
+    finally:
+        tasks.discard(asyncio.current_task())
 
 
 def log_access(
