@@ -56,19 +56,27 @@ def base_scope(
 
 def start_app_task(server: ServerState, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     """One task per stream, known to the server so shutdown can cancel stragglers."""
-    task = asyncio.get_running_loop().create_task(_tracked(server.tasks, coro))
+    slot: list[asyncio.Task[None]] = []
+    task = asyncio.get_running_loop().create_task(_tracked(server.tasks, slot, coro))
+    slot.append(task)
     server.tasks.add(task)
     return task
 
 
-async def _tracked(tasks: set[asyncio.Task[None]], coro: Coroutine[Any, Any, None]) -> None:
-    """Run `coro`, then leave `tasks`. Not a done callback: the loop runs those one turn
-    later, as a callback of their own, one more for every request. (A task cancelled
-    before it ever ran stays in the set; only shutdown cancels those, and it empties it.)"""
+async def _tracked(
+    tasks: set[asyncio.Task[None]],
+    slot: list[asyncio.Task[None]],
+    coro: Coroutine[Any, Any, None],
+) -> None:
+    """Run `coro`, then take its task (`slot[0]`) out of `tasks`. Not a done callback:
+    the loop runs those one turn later, as a callback of their own, one more for every
+    request; and not asyncio.current_task(), which is Python code before 3.12. (A task
+    cancelled before it ever ran stays in the set; only shutdown cancels those, and it
+    empties the set.)"""
     try:
         await coro
     finally:
-        tasks.discard(asyncio.current_task())
+        tasks.discard(slot[0])
 
 
 def log_access(
