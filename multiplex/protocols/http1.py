@@ -632,6 +632,43 @@ class HTTP1Protocol(BaseConnection):
         h11 settled them (RFC 9112 section 6): the app's content-length if it gave one,
         else chunked for HTTP/1.1 and read-until-close for HTTP/1.0; `connection:
         close` whenever the connection ends after this response."""
+        if (
+            self.cycle_keep_alive
+            and self.keep_alive
+            and not self.head_request
+            and status != 204
+            and status != 304
+        ):
+            # The usual response: one pass checks and encodes, and is the answer when the
+            # app gave a plain content-length and nothing framing- or connection-related.
+            out = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
+            checked = _CHECKED
+            length = None
+            special = False
+            for field in headers:
+                name, value = field
+                if field not in checked:
+                    if not _TOKEN(name) or not _VALUE(value):
+                        raise ResponseError(f"invalid header field {field!r}")
+                    if len(checked) >= _CHECKED_MAX:
+                        checked.clear()
+                    checked.add(field)
+                if name == b"content-length":
+                    if length is not None or not _DIGITS(value):
+                        special = True
+                    length = value
+                elif name == b"transfer-encoding" or name == b"connection":
+                    special = True
+                out += (name, b": ", value, b"\r\n")
+            if length is not None and not special:
+                out.append(b"\r\n")
+                self._framing = _LENGTH
+                self._remaining = int(length)
+                return b"".join(out)
+        return self._encode_head_slowly(status, headers)
+
+    def _encode_head_slowly(self, status: int, headers: Headers) -> bytes:
+        """`_encode_head` for every other response."""
         length: bytes | None = None
         chunked = close = False
         for name, value in headers:
