@@ -11,11 +11,17 @@ requests/s of each N, each N's ratio to the first, and where the CPU time went: 
 server's (supervisor and workers, user + system, from /proc) and the load generator's, in cores
 over the measurement. Nothing is pinned: on a two-core machine the
 workers and the load generator share both cores, which is the method to report.
+
+Beside it, in every round, a control: a pure-Python busy loop in 1 and in N processes
+for the same kind of interval. Its ratio is what this machine gives N CPU-bound processes
+at that moment (other work on the cores, virtual CPUs that share a physical core): the
+ceiling the workers' ratio is to be read against.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import statistics
@@ -39,6 +45,29 @@ class Sample:
     rate: float  # requests/s
     server_cpu: float  # cores' worth of CPU the workers used over the measurement
     load_cpu: float  # the load generator's
+
+
+def _spin(seconds: float, counts: multiprocessing.Queue[int]) -> None:
+    n = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(1000):
+            n += 1
+    counts.put(n)
+
+
+def spin(processes: int, seconds: float) -> int:
+    """Loop iterations `processes` busy processes manage in `seconds`, all together."""
+    counts: multiprocessing.Queue[int] = multiprocessing.Queue()
+    procs = [
+        multiprocessing.Process(target=_spin, args=(seconds, counts)) for _ in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    total = sum(counts.get() for _ in procs)
+    for proc in procs:
+        proc.join()
+    return total
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -159,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",") if n.strip()]
     samples: dict[int, list[Sample]] = {n: [] for n in counts}
+    control: dict[int, list[int]] = {n: [] for n in counts}
     with tempfile.TemporaryDirectory(prefix="multiplex-workers-") as tmp:
         for index in range(args.rounds):
+            for n in counts:
+                control[n].append(spin(n, 2.0))
             order = counts if index % 2 == 0 else list(reversed(counts))
             for n in order:
                 sample = measure(args, n, Path(tmp) / f"workers-{n}.log")
@@ -176,15 +208,20 @@ def main(argv: list[str] | None = None) -> int:
         else f"h2load -c{args.clients} -m{args.streams} h2c"
     )
     print(f"\n{load}, {args.duration:.0f} s, median of {args.rounds}; {os.cpu_count()} cores")
-    print("| --workers | req/s | ratio | workers' CPU (cores) | load generator's CPU (cores) |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "| --workers | req/s | ratio | server CPU (cores) | load generator CPU (cores)"
+        " | control: busy loop in N processes, ratio |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     base = statistics.median(s.rate for s in samples[counts[0]])
+    spin_base = statistics.median(control[counts[0]])
     for n in counts:
         rate = statistics.median(s.rate for s in samples[n])
         server = statistics.median(s.server_cpu for s in samples[n])
         load_cpu = statistics.median(s.load_cpu for s in samples[n])
         ratio = f"{rate / base:.2f}{TIMES}"
-        print(f"| {n} | {rate:,.0f} | {ratio} | {server:.2f} | {load_cpu:.2f} |")
+        ceiling = f"{statistics.median(control[n]) / spin_base:.2f}{TIMES}"
+        print(f"| {n} | {rate:,.0f} | {ratio} | {server:.2f} | {load_cpu:.2f} | {ceiling} |")
     return 0
 
 
