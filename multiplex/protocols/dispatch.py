@@ -8,7 +8,7 @@ import asyncio
 import socket
 from typing import Any, cast
 
-from multiplex.protocols.http1 import H11Protocol
+from multiplex.protocols.http1 import HTTP1Protocol
 from multiplex.protocols.http2 import H2Protocol
 from multiplex.protocols.limits import over_connection_limit
 from multiplex.streams.seam import ConnectionInfo, ServerState
@@ -106,6 +106,6 @@ class Dispatcher(asyncio.Protocol):
             if data:
                 h2proto.data_received(data)
         else:
-            h1proto = H11Protocol(self.server, info)
+            h1proto = HTTP1Protocol(self.server, info)
             transport.set_protocol(h1proto)
             h1proto.start_with(transport, data)

@@ -56,10 +56,27 @@ def base_scope(
 
 def start_app_task(server: ServerState, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
     """One task per stream, known to the server so shutdown can cancel stragglers."""
-    task = asyncio.get_running_loop().create_task(coro)
+    slot: list[asyncio.Task[None]] = []
+    task = asyncio.get_running_loop().create_task(_tracked(server.tasks, slot, coro))
+    slot.append(task)
     server.tasks.add(task)
-    task.add_done_callback(server.tasks.discard)
     return task
+
+
+async def _tracked(
+    tasks: set[asyncio.Task[None]],
+    slot: list[asyncio.Task[None]],
+    coro: Coroutine[Any, Any, None],
+) -> None:
+    """Run `coro`, then take its task (`slot[0]`) out of `tasks`. Not a done callback:
+    the loop runs those one turn later, as a callback of their own, one more for every
+    request; and not asyncio.current_task(), which is Python code before 3.12. (A task
+    cancelled before it ever ran stays in the set; only shutdown cancels those, and it
+    empties the set.)"""
+    try:
+        await coro
+    finally:
+        tasks.discard(slot[0])
 
 
 def log_access(

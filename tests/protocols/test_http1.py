@@ -374,3 +374,112 @@ def test_shutdown_serves_the_first_request_of_a_fresh_connection(run_server: Run
         stopper.join(30)
     assert response.startswith(b"HTTP/1.1 200"), response
     assert b"connection: close" in response.lower()
+
+
+# --- what the parser leaves to us ------------------------------------------------------------
+
+
+def test_request_without_host_gets_400(run_server: RunServer, raw: Raw) -> None:
+    """RFC 9112 section 3.2: an HTTP/1.1 request has exactly one Host."""
+    running = run_server(apps.hello)
+    for head in (b"GET / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"):
+        client = raw(running.port)
+        client.send(head)
+        assert client.read_to_eof().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_http10_without_host_is_served_and_closed(run_server: RunServer, raw: Raw) -> None:
+    running = run_server(apps.hello)
+    client = raw(running.port)
+    client.send(b"GET / HTTP/1.0\r\n\r\n")
+    head, _, body = client.read_to_eof().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nconnection: close" in head.lower()
+    assert body == b"hello 1.0"
+
+
+def test_other_versions_get_505(run_server: RunServer, raw: Raw) -> None:
+    running = run_server(apps.hello)
+    for version in (b"2.0", b"0.9"):
+        client = raw(running.port)
+        client.send(b"GET / HTTP/" + version + b"\r\nHost: x\r\n\r\n")
+        assert client.read_to_eof().startswith(b"HTTP/1.1 505 ")
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_declined_upgrade_is_an_ordinary_request_with_its_body(
+    run_server: RunServer, raw: Raw, framing: str
+) -> None:
+    """An `Upgrade` we do not switch to is ignored (RFC 9110 section 7.8): the request,
+    its body and the pipelined request after it are all served over HTTP/1.1."""
+    running = run_server(apps.sha256_upload)
+    if framing == "chunked":
+        body, field = b"5\r\nabcde\r\n0\r\n\r\n", "Transfer-Encoding: chunked"
+    else:
+        body, field = b"abcde", "Content-Length: 5"
+    client = raw(running.port)
+    upgrading = request("POST", "/", "Connection: Upgrade", "Upgrade: foo/1", field, body=body)
+    client.send(upgrading + request("POST", "/", "Content-Length: 2", body=b"xy"))
+    first = client.response(b"POST")
+    second = client.response(b"POST")
+    assert first.body == f"{hashlib.sha256(b'abcde').hexdigest()} 5".encode()
+    assert second.body == f"{hashlib.sha256(b'xy').hexdigest()} 2".encode()
+
+
+def test_refused_websocket_keeps_the_connection(run_server: RunServer, raw: Raw) -> None:
+    """An app that closes before accepting gets the handshake a 403; the connection
+    then goes on as HTTP/1.1 with the request that came right behind the handshake."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.close"})
+        else:
+            await apps.hello(scope, receive, send)
+
+    running = run_server(app)
+    client = raw(running.port)
+    handshake = request(
+        "GET",
+        "/",
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    )
+    client.send(handshake + request("GET", "/after"))
+    assert client.response().status == 403
+    after = client.response()
+    assert (after.status, after.body) == (200, b"hello 1.1")
+
+
+def test_response_field_with_a_line_break_never_reaches_the_wire(
+    run_server: RunServer, raw: Raw
+) -> None:
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        headers = [(b"x-a", b"ok\r\nx-injected: 1")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"body"})
+
+    running = run_server(app)
+    client = raw(running.port)
+    client.send(request())
+    assert b"x-injected" not in client.read_to_eof()
+
+
+def test_content_length_the_body_does_not_match_closes(run_server: RunServer, raw: Raw) -> None:
+    """A body longer than the app's content-length is never sent: the connection ends
+    after the head rather than desynchronise the client."""
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        headers = [(b"content-length", b"3")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"abc", "more_body": True})
+        await send({"type": "http.response.body", "body": b"def"})
+
+    running = run_server(app)
+    client = raw(running.port)
+    client.send(request())
+    head, _, body = client.read_to_eof().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert body == b"abc"

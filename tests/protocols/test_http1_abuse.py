@@ -170,9 +170,9 @@ def test_complete_body_is_served_with_body_timeout(run_server: Serve) -> None:
 
 def test_pipelining_flood_is_read_only_as_fast_as_answered(run_server: Serve) -> None:
     """A client that pipelines thousands of requests and reads no response: the server
-    stops reading it (what waits in h11's buffer stays bounded) and still answers every
+    stops reading it (what the parser holds ahead stays bounded) and still answers every
     request, in order, once the client reads."""
-    from multiplex.protocols.http1 import H11Protocol
+    from multiplex.protocols.http1 import HTTP1Protocol
 
     running = run_server(hello)
     count = 3000
@@ -190,11 +190,7 @@ def test_pipelining_flood_is_read_only_as_fast_as_answered(run_server: Serve) ->
                 time.sleep(0.01)
         held = running.call(
             lambda: max(
-                (
-                    len(c.conn.trailing_data[0])
-                    for c in running.server.state.connections
-                    if isinstance(c, H11Protocol)
-                ),
+                (c.held for c in running.server.state.connections if isinstance(c, HTTP1Protocol)),
                 default=0,
             )
         )
@@ -285,7 +281,7 @@ def test_pipelined_responses_for_a_peer_that_does_not_read_stay_bounded(
     reads nothing: once the kernel buffers are full, the server holds at most its
     write-buffer high-water mark plus one response, and stops answering (and reading)
     until the client reads; then every response arrives."""
-    from multiplex.protocols.http1 import H11Protocol
+    from multiplex.protocols.http1 import HTTP1Protocol
 
     high = 64 * 1024
     running = run_server(sixty_four_kib, write_buffer_high=high)
@@ -300,7 +296,7 @@ def test_pipelined_responses_for_a_peer_that_does_not_read_stay_bounded(
                     (
                         c.transport.get_write_buffer_size()
                         for c in state.connections
-                        if isinstance(c, H11Protocol)
+                        if isinstance(c, HTTP1Protocol)
                     ),
                     default=0,
                 )
