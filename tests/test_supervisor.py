@@ -197,7 +197,9 @@ def test_an_app_that_cannot_be_imported_fails_the_start(supervise: Any) -> None:
     )
     assert server.process.wait(30) == 1
     server.reader.join(30)
-    assert server.log.count("error: cannot import app module 'tests.no_such_module'") == 2
+    # Each worker fails alike, but the supervisor stops the other once the first one
+    # fails, so the second may never get as far as saying why.
+    assert server.log.count("error: cannot import app module 'tests.no_such_module'") >= 1
     assert "Workers failed to start" in server.log
     assert "Traceback" not in server.log
 
