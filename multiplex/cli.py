@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from multiplex import __version__
-from multiplex.config import Config, fields
+from multiplex.config import RENAMED, Config, fields
 from multiplex.errors import ConfigError, StartupError
 from multiplex.logs import configure_logging
 from multiplex.settings import (
@@ -135,6 +135,13 @@ def _add_config_options(parser: argparse.ArgumentParser, exclude: tuple[str, ...
             group.add_argument(
                 _flag(f.name), choices=f.metadata.get("choices"), metavar=_metavar(f), **common
             )
+    # Renamed settings keep their old flags, hidden; load_config warns and maps them.
+    for old_name, new_name in RENAMED.items():
+        if new_name not in exclude:
+            hidden: dict[str, Any] = {"dest": old_name, "default": argparse.SUPPRESS}
+            if FIELD_KINDS[new_name].base in (int, float):
+                hidden["type"] = FIELD_KINDS[new_name].base
+            parser.add_argument(_flag(old_name), help=argparse.SUPPRESS, **hidden)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

@@ -238,7 +238,7 @@ class Config:
         " stream whose flow-control window stays at zero gets RST_STREAM CANCEL, a"
         " connection whose transport buffer stays above `write_buffer_high` is closed.",
     )
-    h11_header_timeout: float = _opt(
+    http1_header_timeout: float = _opt(
         10.0,
         "HTTP/1.1: the request line and headers must arrive within this many seconds of"
         " the request's first byte (slowloris); 408 and close beyond.",
@@ -263,10 +263,10 @@ class Config:
     )
 
     # --- HTTP/1.1 limits -------------------------------------------------------------
-    h11_max_incomplete_event_size: int = _opt(
+    http1_max_head_size: int = _opt(
         16 * KiB, "HTTP/1.1: longest request line plus headers, in bytes (431 beyond)."
     )
-    h11_max_header_count: int = _opt(
+    http1_max_header_count: int = _opt(
         100,
         "HTTP/1.1: most header fields in one request (431 and close beyond); many tiny"
         " fields cost more per byte than a few long ones.",
@@ -475,6 +475,17 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+# Settings that were renamed, old name -> new name. The old names still work from the
+# TOML file, the environment, the CLI and `load_config`, with a warning, so that a
+# deployment's config keeps meaning the same thing across an upgrade. (The `h11_` names
+# date from when h11 parsed HTTP/1.1; llhttp does now, and the limits are ours.)
+RENAMED: dict[str, str] = {
+    "h11_header_timeout": "http1_header_timeout",
+    "h11_max_incomplete_event_size": "http1_max_head_size",
+    "h11_max_header_count": "http1_max_header_count",
+}
 
 
 def fields() -> list[dataclasses.Field[Any]]:

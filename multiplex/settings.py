@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import ipaddress
+import logging
 import os
 import re
 import sys
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from multiplex.config import Config, fields
+from multiplex.config import RENAMED, Config, fields
 from multiplex.errors import ConfigError
 from multiplex.proxy import check_entries
 
@@ -72,6 +73,18 @@ def field_kinds() -> dict[str, FieldKind]:
 
 
 FIELD_KINDS = field_kinds()
+
+
+log = logging.getLogger("multiplex.config")
+
+
+def renamed(old: str, where: str) -> str:
+    """The current name of a renamed setting, with a warning naming where the old one was
+    used (the process may not have configured logging yet: Python's last-resort handler
+    still prints warnings to stderr)."""
+    new = RENAMED[old]
+    log.warning("%s: setting %r was renamed %r; the old name will go away", where, old, new)
+    return new
 
 
 def _unknown_key_message(key: str) -> str:
@@ -224,6 +237,8 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path!r}: `multiplex` must be a table")
     settings: dict[str, Any] = {}
     for key, value in [*data.items(), *table.items()]:
+        if key in RENAMED:
+            key = renamed(key, f"config file {path!r}")
         if key not in FIELD_KINDS:
             hint = _unknown_key_message(key)
             raise ConfigError(f"config file {path!r}: unknown setting {key!r}{hint}")
@@ -242,6 +257,14 @@ def read_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     """Settings from `MULTIPLEX_<FIELD>` variables. Other MULTIPLEX_* names are left
     alone: the prefix is not ours alone to police."""
     settings: dict[str, Any] = {}
+    for old in RENAMED:
+        variable = ENV_PREFIX + old.upper()
+        if variable in environ:
+            name = renamed(old, variable)
+            try:
+                settings[name] = value_from_text(name, environ[variable])
+            except ValueError as exc:
+                raise ConfigError(f"{variable}={environ[variable]!r}: {exc}") from None
     for name in FIELD_KINDS:
         variable = ENV_PREFIX + name.upper()
         if variable in environ:
@@ -272,6 +295,8 @@ def load_config(
         values.update(read_toml(config_file))
     values.update(read_environ(os.environ if environ is None else environ))
     for name, value in cli_values.items():
+        if name in RENAMED:
+            name = renamed(name, "settings")
         if name not in FIELD_KINDS:
             raise ConfigError(f"unknown setting {name!r}")
         values[name] = value

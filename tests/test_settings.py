@@ -300,3 +300,46 @@ def test_install_event_loop_sets_the_policy() -> None:
 
 async def _loop_type() -> type:
     return type(asyncio.get_running_loop())
+
+
+# --- renamed settings ---------------------------------------------------------------------
+
+
+def test_renamed_settings_keep_working_from_every_source_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The `h11_*` names (from when h11 parsed HTTP/1.1) still configure the same limits,
+    from the TOML file, the environment and the CLI, and each use says the new name."""
+    from multiplex.cli import _given, serve_parser
+
+    toml = write(tmp_path, "h11_max_incomplete_event_size = 4096\n")
+    environ = {"MULTIPLEX_H11_HEADER_TIMEOUT": "2.5"}
+    namespace = serve_parser().parse_args(["app:app", "--h11-max-header-count", "7"])
+    cli_values, _ = _given(namespace)
+    with caplog.at_level("WARNING", logger="multiplex.config"):
+        config = load_config(cli_values, toml, environ)
+    assert config.http1_max_head_size == 4096
+    assert config.http1_header_timeout == 2.5
+    assert config.http1_max_header_count == 7
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 3, warned
+    for old, new in [
+        ("h11_max_incomplete_event_size", "http1_max_head_size"),
+        ("h11_header_timeout", "http1_header_timeout"),
+        ("h11_max_header_count", "http1_max_header_count"),
+    ]:
+        assert any(repr(old) in m and repr(new) in m for m in warned), (old, warned)
+    assert any(toml in m for m in warned)
+    assert any("MULTIPLEX_H11_HEADER_TIMEOUT" in m for m in warned)
+
+
+def test_renamed_setting_with_a_bad_value_names_the_old_variable() -> None:
+    with pytest.raises(ConfigError, match="MULTIPLEX_H11_MAX_HEADER_COUNT"):
+        load_config({}, None, {"MULTIPLEX_H11_MAX_HEADER_COUNT": "many"})
+
+
+def test_the_new_names_need_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="multiplex.config"):
+        config = load_config({"http1_max_header_count": 9}, None, {})
+    assert config.http1_max_header_count == 9
+    assert not caplog.records

@@ -133,8 +133,8 @@ class HTTP1Protocol(BaseConnection):
     def __init__(self, server: ServerState, info: ConnectionInfo) -> None:
         super().__init__(server, info)
         config = self.config
-        self.max_head = config.h11_max_incomplete_event_size
-        self.max_fields = config.h11_max_header_count
+        self.max_head = config.http1_max_head_size
+        self.max_fields = config.http1_max_header_count
         self.read_high = config.read_buffer_high
         self.parser = httptools.HttpRequestParser(self)
         # The head being parsed.
@@ -172,7 +172,7 @@ class HTTP1Protocol(BaseConnection):
         self.keep_alive = True
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
-        self._header_timer: asyncio.TimerHandle | None = None  # slowloris: h11_header_timeout
+        self._header_timer: asyncio.TimerHandle | None = None  # slowloris: http1_header_timeout
         self._body_timer: asyncio.TimerHandle | None = None  # body_timeout
         self._body_seen = 0.0  # when request body bytes last arrived
         self._h2c_pending: tuple[Request, bytes] | None = None
@@ -226,7 +226,7 @@ class HTTP1Protocol(BaseConnection):
             self._stop = (431, "request header fields too large")
             raise _Stop
         if len(fields) > self.max_fields:
-            self._stop = (431, f"more than h11_max_header_count = {self.max_fields} fields")
+            self._stop = (431, f"more than http1_max_header_count = {self.max_fields} fields")
             raise _Stop
 
     def on_headers_complete(self) -> None:
@@ -293,7 +293,7 @@ class HTTP1Protocol(BaseConnection):
             if self._header_timer is None:
                 # Part of a request head: the rest must follow in time (slowloris).
                 self._header_timer = self.loop.call_later(
-                    self.config.h11_header_timeout, self._header_timeout
+                    self.config.http1_header_timeout, self._header_timeout
                 )
         elif self.in_body and self._body_timer is None and self.stream is not None:
             # Part of a request body: the rest must not stall (body_timeout).
@@ -378,9 +378,9 @@ class HTTP1Protocol(BaseConnection):
             return
         logger.info(
             "HTTP/1.1 connection from %s: request head not complete within"
-            " h11_header_timeout = %s s; 408 and close",
+            " http1_header_timeout = %s s; 408 and close",
             self.info.client,
-            self.config.h11_header_timeout,
+            self.config.http1_header_timeout,
         )
         self.transport.write(
             b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -986,7 +986,7 @@ class HTTP1Protocol(BaseConnection):
             self._check_reading()
         if self.in_head and self._header_timer is None:
             self._header_timer = self.loop.call_later(
-                self.config.h11_header_timeout, self._header_timeout
+                self.config.http1_header_timeout, self._header_timeout
             )
 
     def resume_writing(self) -> None:

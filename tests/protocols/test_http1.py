@@ -251,7 +251,7 @@ def test_bad_request_gets_400_and_close(run_server: RunServer, raw: Raw) -> None
 
 @pytest.mark.parametrize("whole", [True, False], ids=["whole-head", "unfinished-head"])
 def test_oversized_headers_get_431(run_server: RunServer, raw: Raw, whole: bool) -> None:
-    running = run_server(apps.hello, h11_max_incomplete_event_size=16 * 1024)
+    running = run_server(apps.hello, http1_max_head_size=16 * 1024)
     client = raw(running.port)
     head = request("GET", "/", "X-Big: " + "a" * 20000)
     client.send(head if whole else head[:-4])  # unfinished: the blank line never comes

@@ -43,9 +43,9 @@ def test_slowloris_headers_get_408_and_close(
     run_server: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A client that sends its request head a few bytes at a time, never finishing it,
-    is answered 408 and closed after `h11_header_timeout`, while others are served."""
+    is answered 408 and closed after `http1_header_timeout`, while others are served."""
     caplog.set_level(logging.INFO, "multiplex")
-    running = run_server(hello, h11_header_timeout=0.5, keep_alive_timeout=30.0)
+    running = run_server(hello, http1_header_timeout=0.5, keep_alive_timeout=30.0)
     with socket.create_connection(("127.0.0.1", running.port), timeout=10) as slow:
         slow.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
         head = b"x-slow: " + b"a" * 10000
@@ -68,13 +68,13 @@ def test_slowloris_headers_get_408_and_close(
                 break
         received += read_all(slow)
     assert received.startswith(b"HTTP/1.1 408 "), received
-    lines = [r.getMessage() for r in caplog.records if "h11_header_timeout" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "http1_header_timeout" in r.getMessage()]
     assert len(lines) == 1 and "127.0.0.1" in lines[0], lines
 
 
 def test_complete_head_is_not_timed_out(run_server: Serve) -> None:
     """The header timeout ends with the head: a request whose app answers later is served."""
-    running = run_server(hello, h11_header_timeout=0.2)
+    running = run_server(hello, http1_header_timeout=0.2)
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n")
         sock.sendall(b"\r\n")
@@ -86,7 +86,7 @@ def test_complete_head_is_not_timed_out(run_server: Serve) -> None:
 
 def test_idle_keep_alive_is_not_408(run_server: Serve) -> None:
     """No bytes of a next request: the keep-alive timeout closes quietly, no 408."""
-    running = run_server(hello, h11_header_timeout=0.2, keep_alive_timeout=0.5)
+    running = run_server(hello, http1_header_timeout=0.2, keep_alive_timeout=0.5)
     with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         data = read_all(sock)
@@ -223,7 +223,7 @@ def _reject_lines(caplog: pytest.LogCaptureFixture, what: str) -> list[str]:
 def test_too_many_header_fields_get_431_and_close(
     run_server: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Thousands of tiny fields within the byte limit: past h11_max_header_count the
+    """Thousands of tiny fields within the byte limit: past http1_max_header_count the
     request is answered 431 and the connection closed; the app never sees it."""
     caplog.set_level(logging.INFO, "multiplex")
     calls: list[str] = []
@@ -232,7 +232,7 @@ def test_too_many_header_fields_get_431_and_close(
         calls.append(scope["path"])
         await hello(scope, receive, send)
 
-    running = run_server(app, h11_max_header_count=50, h11_max_incomplete_event_size=64 * 1024)
+    running = run_server(app, http1_max_header_count=50, http1_max_head_size=64 * 1024)
     fields = b"".join(b"x%d: \r\n" % i for i in range(2000))  # empty values: ~12 KB
     with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
         sock.sendall(b"GET /flood HTTP/1.1\r\nhost: x\r\n" + fields + b"\r\n")
@@ -249,17 +249,17 @@ def test_too_many_header_fields_get_431_and_close(
             )
             assert read_all(sock).startswith(b"HTTP/1.1 " + status + b" ")
     assert "/flood" not in calls and "/within" in calls
-    assert len(_reject_lines(caplog, "h11_max_header_count = 50")) == 2
+    assert len(_reject_lines(caplog, "http1_max_header_count = 50")) == 2
 
 
 @pytest.mark.parametrize("whole", [True, False], ids=["whole-head", "unfinished-head"])
 def test_huge_request_line_gets_431_and_close(
     run_server: Serve, caplog: pytest.LogCaptureFixture, whole: bool
 ) -> None:
-    """A request target longer than h11_max_incomplete_event_size, whether the head
+    """A request target longer than http1_max_head_size, whether the head
     arrives whole in one read or never ends."""
     caplog.set_level(logging.INFO, "multiplex")
-    running = run_server(hello, h11_max_incomplete_event_size=16 * 1024)
+    running = run_server(hello, http1_max_head_size=16 * 1024)
     head = b"GET /" + b"a" * 40_000 + b" HTTP/1.1\r\nhost: x\r\n\r\n"
     with socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
         sock.sendall(head if whole else head[:-4])
