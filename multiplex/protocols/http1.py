@@ -113,18 +113,25 @@ _CHECKED: set[tuple[bytes, bytes]] = set()
 _CHECKED_MAX = 4096
 
 
+def _check_new_field(field: tuple[bytes, bytes]) -> None:
+    """Check a field not yet in `_CHECKED` (RFC 9110 section 5), then remember it. Only
+    the cache lookup stays inline in the loops that call this: it is the common case."""
+    name, value = field
+    if not _TOKEN(name) or not _VALUE(value):
+        raise ResponseError(f"invalid header field {field!r}")
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED.add(field)
+
+
 def encode_fields(headers: Headers) -> list[bytes]:
     """`name: value\\r\\n` pieces for fields we send, each checked (RFC 9110 section 5)."""
     out: list[bytes] = []
     checked = _CHECKED
     for field in headers:
-        name, value = field
         if field not in checked:
-            if not _TOKEN(name) or not _VALUE(value):
-                raise ResponseError(f"invalid header field {field!r}")
-            if len(checked) >= _CHECKED_MAX:
-                checked.clear()
-            checked.add(field)
+            _check_new_field(field)
+        name, value = field
         out += (name, b": ", value, b"\r\n")
     return out
 
@@ -646,13 +653,9 @@ class HTTP1Protocol(BaseConnection):
             length = None
             special = False
             for field in headers:
-                name, value = field
                 if field not in checked:
-                    if not _TOKEN(name) or not _VALUE(value):
-                        raise ResponseError(f"invalid header field {field!r}")
-                    if len(checked) >= _CHECKED_MAX:
-                        checked.clear()
-                    checked.add(field)
+                    _check_new_field(field)
+                name, value = field
                 if name == b"content-length":
                     if length is not None or not _DIGITS(value):
                         special = True
