@@ -38,6 +38,7 @@ from tests.protocols.h3client import h3_connect
 from tests.protocols.test_websocket_h3 import H3WebSocket, until
 from tests.test_cli_serve import ROOT, free_port, start, wait_for_accept
 from tests.test_frameworks import H2WebSockets, ca_context
+from tests.test_supervisor import Supervised
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -289,11 +290,9 @@ def redis_keys(url: str, pattern: str) -> list[bytes]:
     return lines[2:-2:2]
 
 
-def serve_project(
-    port: int, dev_certs: Any, env: dict[str, str], *args: str
-) -> subprocess.Popen[str]:
+def project_args(port: int, dev_certs: Any) -> list[str]:
     """The project on `port`, TCP (TLS) and QUIC."""
-    process = start(
+    return [
         "tests.djproject.asgi:application",
         "--bind",
         f"127.0.0.1:{port}",
@@ -303,9 +302,15 @@ def serve_project(
         str(dev_certs.cert),
         "--keyfile",
         str(dev_certs.key),
-        *args,
-        env={"DJANGO_SETTINGS_MODULE": "tests.djproject.settings", **env},
-    )
+    ]
+
+
+def project_env(env: dict[str, str]) -> dict[str, str]:
+    return {"DJANGO_SETTINGS_MODULE": "tests.djproject.settings", **env}
+
+
+def serve_project(port: int, dev_certs: Any, env: dict[str, str]) -> subprocess.Popen[str]:
+    process = start(*project_args(port, dev_certs), env=project_env(env))
     wait_for_accept(process, port)
     return process
 
@@ -331,8 +336,21 @@ def test_channels_group_chat_through_redis(
     different processes in the last two."""
     env = {"DJPROJECT_DB": str(tmp_path / "db.sqlite3"), "DJPROJECT_REDIS": redis_url}
     first = free_port()
-    workers = ["--workers", "2"] if deployment == "--workers 2" else []
-    processes = [serve_project(first, dev_certs, env, *workers)]
+    if deployment == "--workers 2":
+        # Both workers must listen before the test looks for a connection on each: the
+        # port accepts as soon as the first does, and the second may still be importing
+        # Django on a loaded machine. The supervisor logs when all are ready.
+        supervised = Supervised(
+            *project_args(first, dev_certs), "--workers", "2", env=project_env(env)
+        )
+        try:
+            supervised.wait_log("Workers ready", timeout=120)
+            asyncio.run(_chat(first, first, dev_certs, redis_url, deployment))
+            assert supervised.stop() == 0, supervised.log
+        finally:
+            supervised.kill_all()
+        return
+    processes = [serve_project(first, dev_certs, env)]
     try:
         second = first
         if deployment == "two processes":

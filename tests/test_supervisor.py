@@ -33,9 +33,10 @@ class Supervised:
     supervisor and its workers together, by process group), its stderr read by a
     thread as it comes (the log says when workers are ready)."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MULTIPLEX_")}
         environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), environ.get("PYTHONPATH", "")])
+        environ.update(env or {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "multiplex", *args],
             stdout=subprocess.DEVNULL,
