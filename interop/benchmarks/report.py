@@ -10,6 +10,7 @@ import platform
 import re
 import statistics
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,33 @@ def _cell_text(cell: Cell, base: float | None, value: float | None, baseline: bo
     return f"{_number(value)} ({value / base:.2f}{TIMES})"
 
 
+def _table(
+    results: Results,
+    scenarios: list[Scenario],
+    names: list[str],
+    value: Callable[[Cell], float | None],
+    with_unit: bool,
+) -> list[str]:
+    """One Markdown table, a row per scenario: `value` of each server's cell, with its
+    ratio to multiplex's."""
+    lines = [
+        "| Scenario | " + " | ".join(names) + " |",
+        "| --- | " + " | ".join("---:" for _ in names) + " |",
+    ]
+    for scenario in scenarios:
+        row = results.get(scenario.key, {})
+        base_cell = row.get(BASELINE)
+        base = value(base_cell) if base_cell else None
+        cells = [
+            _cell_text(row[name], base, value(row[name]), name == BASELINE)
+            for name in names
+            if name in row
+        ]
+        title = f"{scenario.title} ({scenario.unit})" if with_unit else scenario.title
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(
     results: Results,
     scenarios: list[Scenario],
@@ -148,37 +176,15 @@ def markdown(
         f"{rounds} round(s) interleaved server by server; medians. "
         f"In brackets: the ratio to multiplex (above 1.00{TIMES} the peer is faster).",
         "",
-        "| Scenario | " + " | ".join(names) + " |",
-        "| --- | " + " | ".join("---:" for _ in names) + " |",
     ]
-    for scenario in scenarios:
-        row = results.get(scenario.key, {})
-        base_cell = row.get(BASELINE)
-        base = base_cell.median if base_cell else None
-        cells = [
-            _cell_text(row[name], base, row[name].median, name == BASELINE)
-            for name in names
-            if name in row
-        ]
-        lines.append(f"| {scenario.title} ({scenario.unit}) | " + " | ".join(cells) + " |")
+    lines += _table(results, scenarios, names, lambda cell: cell.median, with_unit=True)
     lines += [
         "",
         "Peak memory: the sum of the peak RSS (VmHWM) of the server's processes, MiB, "
         "median over rounds (lower is better; the ratio is to multiplex).",
         "",
-        "| Scenario | " + " | ".join(names) + " |",
-        "| --- | " + " | ".join("---:" for _ in names) + " |",
     ]
-    for scenario in scenarios:
-        row = results.get(scenario.key, {})
-        base_cell = row.get(BASELINE)
-        base = base_cell.median_rss if base_cell else None
-        cells = [
-            _cell_text(row[name], base, row[name].median_rss, name == BASELINE)
-            for name in names
-            if name in row
-        ]
-        lines.append(f"| {scenario.title} | " + " | ".join(cells) + " |")
+    lines += _table(results, scenarios, names, lambda cell: cell.median_rss, with_unit=False)
     lines += ["", "Servers as run:", ""]
     lines += [f"- {spec.name}: {spec.note}" for spec in servers if spec.note]
     errors = [
