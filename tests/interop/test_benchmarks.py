@@ -19,32 +19,36 @@ from tests.conftest import require_tool
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def smoke_run(table: Path, *args: str, timeout: float) -> str:
+    """`python -m interop.benchmarks --smoke ARGS --output TABLE`; the table's text."""
+    result = subprocess.run(
+        [sys.executable, "-m", "interop.benchmarks", "--smoke", *args, "--output", str(table)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert table.exists(), result.stdout + result.stderr
+    return table.read_text()
+
+
+def throughput_rows(text: str) -> dict[str, list[str]]:
+    """The throughput table: scenario title (without its unit) -> the servers' cells."""
+    return {
+        line.split(" (")[0].strip("| "): [c.strip() for c in line.strip("|").split("|")][1:]
+        for line in text.split("Peak memory")[0].splitlines()
+        if line.startswith("| ") and not line.startswith("| Scenario")
+    }
+
+
 @pytest.mark.timeout(240)
 def test_benchmark_smoke_writes_a_table(tmp_path: Path) -> None:
     for tool in ("wrk", "h2load", "gtlsclient"):
         require_tool(tool)
     if importlib.util.find_spec("hypercorn") is None:
         pytest.skip("hypercorn not installed")
-    table = tmp_path / "table.md"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "interop.benchmarks",
-            "--smoke",
-            "--servers",
-            "multiplex,hypercorn",
-            "--output",
-            str(table),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert table.exists(), result.stdout + result.stderr
-    text = table.read_text()
+    text = smoke_run(tmp_path / "table.md", "--servers", "multiplex,hypercorn", timeout=180)
     assert "Machine:" in text and "Date:" in text
     header = next(line for line in text.splitlines() if line.startswith("| Scenario |"))
     assert [c.strip() for c in header.strip("|").split("|")][1:] == [
@@ -63,8 +67,9 @@ def test_benchmark_smoke_writes_a_table(tmp_path: Path) -> None:
         assert len(cells) == 3, row
         for cell in cells:
             number = re.match(r"[\d,.]+", cell)
-            assert number is not None, f"{scenario.key}: {cell!r}\n{result.stderr[-3000:]}"
+            assert number is not None, f"{scenario.key}: {cell!r}\n{text}"
             assert float(number.group(0).replace(",", "")) > 0, row
+    table = tmp_path / "table.md"
     assert table.with_suffix(".json").exists()
     if importlib.util.find_spec("matplotlib") is not None:
         assert table.with_suffix(".png").stat().st_size > 0
@@ -79,24 +84,13 @@ def test_benchmark_smoke_runs_nghttpd_on_the_downloads_only(tmp_path: Path) -> N
     require_tool("h2load")
     if not Path("/usr/sbin/nghttpd").exists() and shutil.which("nghttpd") is None:
         pytest.skip("nghttpd not installed (Debian: nghttp2-server)")
-    table = tmp_path / "table.md"
     scenarios = "h2-download,h2c-download,h2c-hello-c10m10"
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "interop.benchmarks", "--smoke"),
-            *("--servers", "multiplex,nghttpd", "--scenarios", scenarios, "--output", str(table)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    text = smoke_run(
+        tmp_path / "table.md",
+        *("--servers", "multiplex,nghttpd", "--scenarios", scenarios),
         timeout=100,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = {
-        line.split(" (")[0].strip("| "): [c.strip() for c in line.strip("|").split("|")][1:]
-        for line in table.read_text().split("Peak memory")[0].splitlines()
-        if line.startswith("| ") and "Scenario" not in line
-    }
+    rows = throughput_rows(text)
     for title in ("HTTP/2 TLS 1 MiB downloads, -c4 -m4", "h2c 1 MiB downloads, -c4 -m4"):
         assert all(re.match(r"[\d,.]+ ", c + " ") for c in rows[title]), rows
     assert rows["h2c hello, h2load -c10 -m10"][1] == "n/a (static files only)", rows
@@ -107,32 +101,12 @@ def test_bare_aioquic_server_runs_the_h3_scenarios_only(tmp_path: Path) -> None:
     """The bare aioquic yardstick answers the HTTP/3 scenarios beside multiplex, and is
     marked n/a (not failed) where it has nothing to serve."""
     require_tool("gtlsclient")
-    table = tmp_path / "table.md"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "interop.benchmarks",
-            "--smoke",
-            "--scenarios",
-            "h3-hello-one,h1",
-            "--servers",
-            "multiplex,bare-aioquic",
-            "--output",
-            str(table),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    text = smoke_run(
+        tmp_path / "table.md",
+        *("--scenarios", "h3-hello-one,h1", "--servers", "multiplex,bare-aioquic"),
         timeout=100,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    throughput = table.read_text().split("Peak memory")[0]
-    rows = {
-        line.split("|")[1].strip(): [cell.strip() for cell in line.strip("|").split("|")][1:]
-        for line in throughput.splitlines()
-        if line.startswith("| HTTP/")
-    }
+    rows = throughput_rows(text)
     h3 = next(cells for title, cells in rows.items() if title.startswith("HTTP/3"))
     h1 = next(cells for title, cells in rows.items() if title.startswith("HTTP/1.1"))
     assert re.match(r"[\d,]+ \(", h3[1]), h3
