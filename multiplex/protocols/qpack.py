@@ -102,7 +102,38 @@ _REQUEST_PSEUDO_REQUIRED = frozenset((b":method", b":authority"))
 _validate_headers = _NAMESPACE["validate_headers"]
 
 
+# Regular fields aioquic's validate_headers looks at more closely than their bytes.
+_REQUEST_FIELDS_CHECKED = frozenset(
+    (b"content-length", b"te", *h3_connection.CONNECTION_SPECIFIC_HEADERS)
+)
+
+
 def _validate_request_headers(headers: Any, stream: Any = None) -> None:
+    """The usual request in one pass, with the field checks inlined: pseudo-headers
+    first, each allowed and once, the required ones there, regular fields none of
+    which has a rule of its own. Anything else (and every error) goes through aioquic's
+    validate_headers, which also records content-length on the stream."""
+    seen: set[bytes] = set()
+    regular = False
+    authority = path = b""
+    for key, value in headers:
+        if _NAME_OK(key) is None or _VALUE_BAD(value) is not None:
+            break
+        if key[:1] == b":":
+            if regular or key not in _REQUEST_PSEUDO_ALLOWED or key in seen:
+                break
+            seen.add(key)
+            if key == b":authority":
+                authority = value
+            elif key == b":path":
+                path = value
+        elif key in _REQUEST_FIELDS_CHECKED:
+            break
+        else:
+            regular = True
+    else:
+        if _REQUEST_PSEUDO_REQUIRED <= seen and authority and path:
+            return
     _validate_headers(
         headers,
         allow_te=True,

@@ -23,6 +23,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 
+from multiplex.protocols import qpack
 from multiplex.protocols.qpack import (
     BoundedH3Connection,
     decoded_size_bound,
@@ -206,3 +207,55 @@ def test_request_stream_receive_path_agrees_with_aioquic(seed: int, dev_certs: A
         ours = _outcomes(_h3(BoundedH3Connection, _handshaken_server(dev_certs)), sequence)
         theirs = _outcomes(_h3(AioquicPath, _handshaken_server(dev_certs)), sequence)
         assert ours == theirs, sequence
+
+
+def _request_field_lists(seed: int) -> list[list[tuple[bytes, bytes]]]:
+    """Request field lists around every rule of aioquic's validate_headers: pseudo-headers
+    missing, repeated, unknown, late or empty, content-length, te, connection-specific
+    fields, and names and values with the bytes the field rules are about."""
+    rng = random.Random(seed)
+    pseudo = [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", b"localhost"),
+        (b":path", b"/"),
+    ]
+    extra_pseudo = [(b":protocol", b"websocket"), (b":status", b"200"), (b":scheme", b"ftp")]
+    extra_pseudo += [(b":path", b""), (b":authority", b""), (b":method", b"POST")]
+    regular = [(b"user-agent", b"x"), (b"accept", b"*/*"), (b"content-length", b"5")]
+    regular += [(b"content-length", b"-1"), (b"content-length", b"x"), (b"te", b"trailers")]
+    regular += [(b"te", b"gzip"), (b"connection", b"close"), (b"keep-alive", b"1")]
+    regular += [(b"Upper", b"x"), (b"x", b" lead"), (b"x", b"trail\t"), (b"x", b"a\rb")]
+    regular += [(b"", b""), (b"x:y", b"1"), (b"x", b"")]
+    lists = [list(pseudo)]
+    for _ in range(3000):
+        fields = [field for field in pseudo if rng.random() < 0.9]
+        if rng.random() < 0.1:
+            rng.shuffle(fields)
+        for _ in range(rng.randrange(0, 3)):
+            fields.insert(rng.randrange(len(fields) + 1), rng.choice(extra_pseudo))
+        for _ in range(rng.randrange(0, 4)):
+            fields.append(rng.choice(regular) if rng.random() < 0.5 else (b"x-a", b"b"))
+        if rng.random() < 0.1:
+            fields.insert(rng.randrange(len(fields) + 1), rng.choice(pseudo))
+        lists.append(fields)
+    return lists
+
+
+def _validated(fields: list[tuple[bytes, bytes]], validate: Any) -> tuple[str | None, Any]:
+    stream = h3_connection.H3Stream(0)
+    try:
+        validate(fields, stream)
+    except MessageError as exc:
+        return str(exc), stream.expected_content_length
+    return None, stream.expected_content_length
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_request_field_validation_agrees_with_aioquic(seed: int) -> None:
+    """The one-pass check of the usual request accepts and refuses what aioquic's
+    validate_request_headers does, with its error, and records the same content-length."""
+    for fields in _request_field_lists(seed):
+        assert _validated(fields, qpack._validate_request_headers) == _validated(
+            fields, h3_connection.validate_request_headers
+        ), fields
