@@ -25,6 +25,7 @@ from aioquic.h3.connection import (
     ErrorCode,
     FrameType,
     H3Connection,
+    H3Stream,
     HeadersState,
     ProtocolError,
     QpackDecompressionFailed,
@@ -32,7 +33,9 @@ from aioquic.h3.connection import (
     encode_frame,
     is_interim_response,
 )
+from aioquic.h3.events import H3Event
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import StreamDataReceived
 
 logger = logging.getLogger("multiplex")
 
@@ -91,6 +94,56 @@ for _name in (
     "validate_trailers",
 ):
     _NAMESPACE[_name] = _rebound(getattr(h3_connection, _name))
+
+# aioquic's validate_request_headers builds its two sets of pseudo-header names on every
+# request; the same call with the sets built once.
+_REQUEST_PSEUDO_ALLOWED = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
+_REQUEST_PSEUDO_REQUIRED = frozenset((b":method", b":authority"))
+_validate_headers = _NAMESPACE["validate_headers"]
+
+
+# Regular fields aioquic's validate_headers looks at more closely than their bytes.
+_REQUEST_FIELDS_CHECKED = frozenset(
+    (b"content-length", b"te", *h3_connection.CONNECTION_SPECIFIC_HEADERS)
+)
+
+
+def _validate_request_headers(headers: Any, stream: Any = None) -> None:
+    """The usual request in one pass, with the field checks inlined: pseudo-headers
+    first, each allowed and once, the required ones there, regular fields none of
+    which has a rule of its own. Anything else (and every error) goes through aioquic's
+    validate_headers, which also records content-length on the stream."""
+    seen: set[bytes] = set()
+    regular = False
+    authority = path = b""
+    for key, value in headers:
+        if _NAME_OK(key) is None or _VALUE_BAD(value) is not None:
+            break
+        if key[:1] == b":":
+            if regular or key not in _REQUEST_PSEUDO_ALLOWED or key in seen:
+                break
+            seen.add(key)
+            if key == b":authority":
+                authority = value
+            elif key == b":path":
+                path = value
+        elif key in _REQUEST_FIELDS_CHECKED:
+            break
+        else:
+            regular = True
+    else:
+        if _REQUEST_PSEUDO_REQUIRED <= seen and authority and path:
+            return
+    _validate_headers(
+        headers,
+        allow_te=True,
+        allowed_pseudo_headers=_REQUEST_PSEUDO_ALLOWED,
+        required_pseudo_headers=_REQUEST_PSEUDO_REQUIRED,
+        stream=stream,
+    )
+
+
+_NAMESPACE["validate_request_headers"] = _validate_request_headers
 # A frame 0x00 (DATA) header for payloads under 64 bytes: one varint byte of length.
 _SHORT_DATA_HEADERS = [bytes((FrameType.DATA, n)) for n in range(64)]
 
@@ -134,6 +187,23 @@ class BoundedH3Connection(H3Connection):
 
     # The request-frame handler with the fast field checks (see _rebound above).
     _handle_request_or_push_frame = _rebound(H3Connection._handle_request_or_push_frame)
+
+    def _receive_stream_data(self, event: StreamDataReceived) -> list[H3Event]:
+        """aioquic's, without its per-call context manager (a generator and its
+        enter and exit, for every request), for client request streams; other
+        streams take aioquic's own path."""
+        stream_id = event.stream_id
+        if stream_id & 3:  # unidirectional, or server-initiated
+            return super()._receive_stream_data(event)
+        stream = self._stream.get(stream_id)
+        if stream is None:
+            stream = self._stream[stream_id] = H3Stream(stream_id)
+        try:
+            return self._receive_request_or_push_data(stream, event.data, event.end_stream)
+        finally:
+            # As aioquic's context manager: forget a stream done both ways.
+            if stream.is_ended():
+                self._stream.pop(stream_id)
 
     def _encode_headers(self, stream_id: int, headers: Any) -> bytes:
         # As aioquic's, minus the empty write to the encoder stream that most header

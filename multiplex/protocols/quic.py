@@ -107,6 +107,35 @@ class CreditedQuicConnection(QuicConnection):
     def handshake_complete(self) -> bool:
         return bool(self._handshake_complete)
 
+    def _confirm_handshake(self) -> None:
+        super()._confirm_handshake()
+        self._shed_handshake_state()
+
+    def _shed_handshake_state(self) -> None:
+        """Free what the handshake needed and aioquic never touches again, so an idle
+        connection costs less: a 16 KiB TLS output buffer per discarded epoch (Initial,
+        Handshake), their CRYPTO streams, and the server's ephemeral key share.
+
+        A server confirms the handshake when it has the client's Finished (RFC 9001
+        section 4.1.2), by then aioquic has discarded the Initial and Handshake keys
+        and packet spaces (`_discard_epoch`), so no CRYPTO frame of those epochs is
+        decrypted or sent again; `_push_crypto_data` walks only the buffers left in the
+        dict. The 1-RTT buffer and stream stay: aioquic still reads them. The TLS
+        context in its post-handshake state writes nothing and refuses any handshake
+        message, so the key share (kept by aioquic for the connection's life) is
+        unused; dropping it is also what forward secrecy asks for."""
+        if self._is_client:
+            return
+        for epoch in (tls.Epoch.INITIAL, tls.Epoch.HANDSHAKE):
+            if self._spaces[epoch].discarded:
+                self._crypto_buffers.pop(epoch, None)
+                self._crypto_streams.pop(epoch, None)
+        context = self.tls
+        if context.state == tls.State.SERVER_POST_HANDSHAKE:
+            context._ec_private_keys = []
+            context._x25519_private_key = None
+            context._x448_private_key = None
+
     def consume(self, stream_id: int, n: int) -> None:
         self.stream_consumed[stream_id] = self.stream_consumed.get(stream_id, 0) + n
         self.unread -= n

@@ -6,13 +6,26 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 
 import pylsqpack
 import pytest
 from aioquic.h3 import connection as h3_connection
-from aioquic.h3.connection import MessageError, QpackDecompressionFailed
+from aioquic.h3.connection import (
+    H3_ALPN,
+    FrameType,
+    H3Connection,
+    MessageError,
+    QpackDecompressionFailed,
+    encode_frame,
+)
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import StreamDataReceived
 
+from multiplex.protocols import qpack
 from multiplex.protocols.qpack import (
+    BoundedH3Connection,
     decoded_size_bound,
     fast_validate_header_name,
     fast_validate_header_value,
@@ -93,3 +106,156 @@ def test_fast_field_checks_agree_with_aioquic(seed: int) -> None:
         assert _outcome(fast_validate_header_value, b"x", sample) == _outcome(
             h3_connection.validate_header_value, b"x", sample
         ), sample
+
+
+# --- the request-stream receive path: ours against aioquic's ------------------------------
+
+
+def _handshaken_server(dev_certs: Any) -> QuicConnection:
+    """A server QuicConnection after a real handshake with aioquic's client, in memory."""
+    server_config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
+    server_config.load_cert_chain(str(dev_certs.cert), str(dev_certs.key))
+    client_config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+    client_config.load_verify_locations(str(dev_certs.ca_cert))
+    client_config.server_name = "localhost"
+    client = QuicConnection(configuration=client_config)
+    server = QuicConnection(
+        configuration=server_config,
+        original_destination_connection_id=client.original_destination_connection_id,
+    )
+    client.connect(("127.0.0.1", 4433), now=0.0)
+    for _ in range(10):
+        for sender, receiver, source in ((client, server, 1234), (server, client, 4433)):
+            for data, _ in sender.datagrams_to_send(now=0.0):
+                receiver.receive_datagram(data, ("127.0.0.1", source), now=0.0)
+    assert server._handshake_complete
+    while server.next_event() is not None:
+        pass
+    return server
+
+
+class AioquicPath(BoundedH3Connection):
+    """Ours in every way but the receive path of request streams: aioquic's."""
+
+    _receive_stream_data = H3Connection._receive_stream_data
+
+
+def _h3(cls: type[BoundedH3Connection], quic: QuicConnection) -> BoundedH3Connection:
+    return cls(
+        quic,
+        enable_webtransport=False,
+        max_table_capacity=CAPACITY,
+        blocked_streams=16,
+        max_field_section_size=65536,
+    )
+
+
+def _request_streams(seed: int) -> list[list[tuple[int, bytes, bool]]]:
+    """Sequences of (stream, bytes, fin) for request streams: well-formed requests
+    whole and cut at random points, and the malformed kinds aioquic refuses."""
+    rng = random.Random(seed)
+    encoder = pylsqpack.Encoder()
+    get = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/")]
+    post = [(b":method", b"POST"), *get[1:], (b"content-length", b"5")]
+
+    def headers(fields: list[tuple[bytes, bytes]], stream_id: int = 0) -> bytes:
+        return encode_frame(FrameType.HEADERS, encoder.encode(stream_id, fields)[1])
+
+    data = encode_frame(FrameType.DATA, b"hello")
+    cases: list[bytes] = [
+        headers(get),
+        headers(post) + data,
+        headers(post) + data + headers([(b"x-trailer", b"1")]),
+        headers(post) + encode_frame(FrameType.DATA, b"hello!"),  # over content-length
+        headers(post) + encode_frame(FrameType.DATA, b"hi"),  # under it
+        data,  # DATA before HEADERS
+        headers([(b":method", b"GET"), (b"Upper", b"x")]),
+        headers([(b":method", b"GET"), (b":path", b"/")]),  # no :authority
+        headers([*get, (b"connection", b"close")]),
+        headers([(b"x", b"1"), *get]),  # pseudo-header after a field
+        encode_frame(FrameType.SETTINGS, b""),  # not on a request stream
+        encode_frame(0x21, b"reserved") + headers(get),
+        headers(get)[:-1],  # cut short
+        headers(get) + headers(get) + headers(get),
+    ]
+    sequences = []
+    for case in cases:
+        sequences.append([(0, case, True)])
+        cut = sorted(rng.sample(range(len(case) + 1), min(3, len(case) + 1)))
+        pieces = [case[a:b] for a, b in zip([0, *cut], [*cut, len(case)], strict=True)]
+        sequences.append([(0, piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)])
+        sequences.append([(0, case, False), (4, headers(get, 4), True), (0, b"", True)])
+    return sequences
+
+
+def _outcomes(h3: BoundedH3Connection, sequence: list[tuple[int, bytes, bool]]) -> Any:
+    events = []
+    for stream_id, data, fin in sequence:
+        event = StreamDataReceived(data=data, end_stream=fin, stream_id=stream_id)
+        events.append(h3.handle_event(event))
+    close = h3._quic._close_event
+    closed = (close.error_code, close.reason_phrase) if close is not None else None
+    return events, closed, sorted(h3._stream)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_request_stream_receive_path_agrees_with_aioquic(seed: int, dev_certs: Any) -> None:
+    """Our receive path for request streams gives the same events, the same connection
+    errors and keeps the same streams as aioquic's, for well-formed requests whole and
+    in pieces and for malformed ones."""
+    for sequence in _request_streams(seed):
+        ours = _outcomes(_h3(BoundedH3Connection, _handshaken_server(dev_certs)), sequence)
+        theirs = _outcomes(_h3(AioquicPath, _handshaken_server(dev_certs)), sequence)
+        assert ours == theirs, sequence
+
+
+def _request_field_lists(seed: int) -> list[list[tuple[bytes, bytes]]]:
+    """Request field lists around every rule of aioquic's validate_headers: pseudo-headers
+    missing, repeated, unknown, late or empty, content-length, te, connection-specific
+    fields, and names and values with the bytes the field rules are about."""
+    rng = random.Random(seed)
+    pseudo = [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", b"localhost"),
+        (b":path", b"/"),
+    ]
+    extra_pseudo = [(b":protocol", b"websocket"), (b":status", b"200"), (b":scheme", b"ftp")]
+    extra_pseudo += [(b":path", b""), (b":authority", b""), (b":method", b"POST")]
+    regular = [(b"user-agent", b"x"), (b"accept", b"*/*"), (b"content-length", b"5")]
+    regular += [(b"content-length", b"-1"), (b"content-length", b"x"), (b"te", b"trailers")]
+    regular += [(b"te", b"gzip"), (b"connection", b"close"), (b"keep-alive", b"1")]
+    regular += [(b"Upper", b"x"), (b"x", b" lead"), (b"x", b"trail\t"), (b"x", b"a\rb")]
+    regular += [(b"", b""), (b"x:y", b"1"), (b"x", b"")]
+    lists = [list(pseudo)]
+    for _ in range(3000):
+        fields = [field for field in pseudo if rng.random() < 0.9]
+        if rng.random() < 0.1:
+            rng.shuffle(fields)
+        for _ in range(rng.randrange(0, 3)):
+            fields.insert(rng.randrange(len(fields) + 1), rng.choice(extra_pseudo))
+        for _ in range(rng.randrange(0, 4)):
+            fields.append(rng.choice(regular) if rng.random() < 0.5 else (b"x-a", b"b"))
+        if rng.random() < 0.1:
+            fields.insert(rng.randrange(len(fields) + 1), rng.choice(pseudo))
+        lists.append(fields)
+    return lists
+
+
+def _validated(fields: list[tuple[bytes, bytes]], validate: Any) -> tuple[str | None, Any]:
+    stream = h3_connection.H3Stream(0)
+    try:
+        validate(fields, stream)
+    except MessageError as exc:
+        return str(exc), stream.expected_content_length
+    return None, stream.expected_content_length
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_request_field_validation_agrees_with_aioquic(seed: int) -> None:
+    """The one-pass check of the usual request accepts and refuses what aioquic's
+    validate_request_headers does, with its error, and records the same content-length."""
+    for fields in _request_field_lists(seed):
+        assert _validated(fields, qpack._validate_request_headers) == _validated(
+            fields, h3_connection.validate_request_headers
+        ), fields

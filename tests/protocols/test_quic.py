@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import httpx
+from aioquic.asyncio.client import connect
+from aioquic.tls import Epoch
 
 from tests import apps
 from tests.conftest import require_tool
+from tests.protocols.h3client import H3Client, client_configuration
 
 
 class Counting:
@@ -249,3 +253,68 @@ def test_anti_amplification_limit(run_server: Any, tls_config: Any) -> None:
     assert sent >= 1200
     assert received > 0, "the server never answered the Initial"
     assert received <= 3 * sent, (sent, received)
+
+
+class RecordingClient(H3Client):
+    """The test client, keeping a copy of every datagram it sends."""
+
+    sent: list[tuple[bytes, Any]]
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.sent = []
+        send = transport.sendto
+
+        def recording(data: bytes, addr: Any = None) -> None:
+            self.sent.append((data, addr))
+            send(data, addr)
+
+        transport.sendto = recording
+
+
+def test_handshake_state_is_freed_and_late_handshake_packets_are_dropped(
+    run_server: Any, tls_config: Any, dev_certs: Any
+) -> None:
+    """Once the handshake is confirmed, a connection keeps no Initial or Handshake
+    crypto buffers or streams and no ephemeral key share (memory per idle connection).
+    The client's handshake datagrams, arriving again afterwards (as retransmissions
+    would), are dropped by aioquic without harm, and the connection keeps serving."""
+    running = run_server(apps.hello, quic_bind=["127.0.0.1:0"], **tls_config)
+    endpoint = running.server.quic_endpoints[0]
+
+    def server_side() -> list[tuple[set[Epoch], set[Epoch], int, bool]]:
+        return [
+            (
+                set(p.quic._crypto_buffers),
+                set(p.quic._crypto_streams),
+                len(p.quic.tls._ec_private_keys),
+                p.quic.tls._x25519_private_key is None,
+            )
+            for p in set(endpoint.connections.values())
+        ]
+
+    async def scenario() -> list[int]:
+        statuses = []
+        async with connect(
+            "127.0.0.1",
+            running.quic_port,
+            configuration=client_configuration(str(dev_certs.ca_cert)),
+            create_protocol=RecordingClient,
+        ) as client:
+            h3 = cast(RecordingClient, client)
+            statuses.append((await h3.request("/")).status)
+            state = await asyncio.to_thread(running.call, server_side)
+            assert state == [({Epoch.ONE_RTT}, {Epoch.ONE_RTT}, 0, True)]
+            handshake = [
+                (data, addr) for data, addr in h3.sent if data[0] & 0x80  # long headers
+            ]
+            assert handshake
+            for data, addr in handshake:
+                h3._transport.sendto(data, addr)
+            statuses.append((await h3.request("/")).status)
+            await h3.ping()
+            statuses.append((await h3.request("/")).status)
+            assert h3.terminated is None
+        return statuses
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) == [200, 200, 200]
