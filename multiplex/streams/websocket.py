@@ -9,7 +9,9 @@ extended CONNECT with `:protocol websocket`) and makes this stream instead of an
   accepting (403) or denies with its own response (`websocket.http.response`);
 - the framing: once accepted, the wire's bytes are WebSocket frames on every protocol, so
   the stream owns a `wsproto` `FrameProtocol` (server side, with permessage-deflate when
-  negotiated) and sends frames with `Wire.send_body`;
+  negotiated) and sends frames with `Wire.send_body`; with no extension, whole simple
+  text and binary frames take the short road of `wsframes` both ways, and wsproto reads
+  and writes everything else;
 - the limits: at most `ws_max_queue` messages wait for the app, beyond which the stream
   stops giving flow-control credit back (`Wire.consumed` only once the app reads);
   messages above `ws_max_message_size` close with 1009 (also while inflating), invalid
@@ -50,6 +52,7 @@ from multiplex.streams.seam import (
     ServerState,
     WebSocketWire,
 )
+from multiplex.streams.wsframes import data_frame, read_messages, wsproto_idle
 
 logger = logging.getLogger("multiplex")
 
@@ -107,6 +110,11 @@ def _header_tokens(headers: Headers, name: bytes) -> list[str]:
 
 
 class WebSocketStream:
+    # Whether frames of the common case take the short road of `wsframes` (when no
+    # extension is active). Off, every frame goes through wsproto: the differential tests
+    # run both and compare what the peer sees.
+    short_road = True
+
     __slots__ = (
         "body_bytes",
         "close_code",
@@ -118,6 +126,7 @@ class WebSocketStream:
         "disconnected",
         "early",
         "ended",
+        "fast",
         "fp",
         "info",
         "lock",
@@ -164,6 +173,7 @@ class WebSocketStream:
         self.early: list[bytes] = []  # bytes that came before the accept
         self.uncredited = 0  # bytes taken from the wire and not yet given credit for
         self.fp: FrameProtocol | None = None
+        self.fast = False  # the short road is open (set at the accept)
         self.parts: list[Any] = []  # the message being received
         self.message_size = 0
         self.text = False
@@ -245,6 +255,15 @@ class WebSocketStream:
     def _parse(self, data: bytes) -> None:
         fp = self.fp
         assert fp is not None
+        if self.fast and self.state == OPEN and wsproto_idle(fp):
+            queue = self.queue
+            queued = len(queue)
+            used = read_messages(data, self.server.config.ws_max_message_size, queue)
+            if len(queue) != queued:
+                self._wake()
+            if used == len(data):
+                return
+            data = data[used:]
         fp.receive_bytes(data)
         try:
             for frame in fp.received_frames():
@@ -509,10 +528,16 @@ class WebSocketStream:
         if data is not None and text is None:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f"websocket.send: bytes must be bytes, got {type(data).__name__}")
+            if self.fast:
+                await self._write(data_frame(bytes(data), False))
+                return
             frame = fp.send_data(bytes(data))
         elif text is not None and data is None:
             if not isinstance(text, str):
                 raise TypeError(f"websocket.send: text must be str, got {type(text).__name__}")
+            if self.fast:
+                await self._write(data_frame(text.encode("utf-8"), True))
+                return
             frame = fp.send_data(text)
         else:
             raise TypeError("websocket.send: exactly one of `bytes` and `text` must be set")
@@ -557,6 +582,9 @@ class WebSocketStream:
         if config.server_header:
             headers.append((b"server", config.server_header.encode("latin-1")))
         self.fp = FrameProtocol(client=False, extensions=list(extensions))
+        # With an extension (permessage-deflate), frames carry RSV1 and compressed
+        # payloads: wsproto's road, whole.
+        self.fast = self.short_road and not self.fp.extensions
         # The wire may hand over bytes that came with the handshake at once: they wait
         # in `early` while the state is still CONNECTING.
         self.status = self.wire.accept_websocket(self.stream_id, headers)
