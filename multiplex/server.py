@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -271,6 +272,19 @@ def _url(scheme: str, address: Any) -> str:
     return f"{scheme}+unix://{address}"
 
 
+def freeze_startup_objects() -> None:
+    """Move what exists once the server is up (modules, the app, config, TLS contexts:
+    about 25,000 objects for the benchmark app) out of the garbage collector's sight.
+    Requests keep promoting a few survivors into the oldest generation, and each time
+    enough have, CPython's full collection walks every one of those startup objects
+    again, though they live as long as the process: under h2load that was about 3 % of
+    the server's CPU (0.25 s of 9 s, gc.callbacks), and about 0.02 s after. Collected
+    first, so no garbage is frozen with them. Only the process that serves does this
+    (`serve`), not a test or an embedding that runs `Server` in a process of its own."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(
     config: Config,
     app: ASGIApp | None = None,
@@ -281,6 +295,7 @@ async def serve(
     """Serve until SIGINT/SIGTERM. `ready` is called once every port listens."""
     server = Server(config, app, reuse_port=reuse_port)
     await server.start()
+    freeze_startup_objects()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

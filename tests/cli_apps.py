@@ -77,3 +77,14 @@ async def pid(scope: dict[str, Any], receive: Any, send: Any) -> None:
         time.sleep(30)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": str(os.getpid()).encode()})
+
+
+async def gc_frozen(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers with how many objects the garbage collector has frozen in this process."""
+    import gc
+
+    if scope["type"] != "http":
+        return
+    body = str(gc.get_freeze_count()).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})

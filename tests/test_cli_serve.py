@@ -94,6 +94,21 @@ def test_serves_then_exits_0_on_sigint(processes: list[subprocess.Popen[str]]) -
     assert '"GET / HTTP/1.1" 200' in stderr  # the access log line
 
 
+def test_startup_objects_are_frozen_out_of_the_collector(
+    processes: list[subprocess.Popen[str]],
+) -> None:
+    # The serving process freezes what startup made (multiplex.server.serve), so full
+    # collections under load do not walk it again; the app sees the frozen count.
+    port = free_port()
+    process = start("tests.cli_apps:gc_frozen", "--bind", f"127.0.0.1:{port}")
+    processes.append(process)
+    wait_for_accept(process, port)
+    response = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+    assert int(response.text) > 1000  # the modules, the app, the config: thousands
+    status, _, stderr = interrupt(process)
+    assert status == 0, stderr
+
+
 def test_port_in_use_exits_1(processes: list[subprocess.Popen[str]]) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))

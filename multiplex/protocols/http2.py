@@ -12,7 +12,6 @@ import logging
 import struct
 from typing import Any
 
-import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
@@ -28,6 +27,7 @@ from multiplex.protocols import h2fields
 from multiplex.protocols.base import BaseConnection
 from multiplex.protocols.fields import STATUS, request_from_fields, response_fields
 from multiplex.protocols.h2encode import encode_block
+from multiplex.protocols.h2setup import new_h2_connection, open_connection_window
 from multiplex.protocols.limits import RateWindow
 from multiplex.protocols.pending import PendingSends
 from multiplex.scheduling import (
@@ -52,8 +52,6 @@ TINY_FRAME = 128
 _PREFACE_LENGTH = 24
 _HEADERS, _RST_STREAM, _CONTINUATION, _END_HEADERS = 0x1, 0x3, 0x9, 0x4
 _PRIORITY_UPDATE = 0x10  # RFC 9218 section 7.1
-# RFC 9218 section 2.1: we ignore the RFC 7540 priority tree and say so.
-SETTINGS_NO_RFC7540_PRIORITIES = 0x9
 
 # Frames we serialise ourselves on the hot path (see H2Protocol._frame_head): a frame
 # header is a 24-bit length (here as a byte and a short), type, flags, stream ID.
@@ -101,38 +99,7 @@ class H2Protocol(PendingSends, BaseConnection):
     def __init__(self, server: ServerState, info: ConnectionInfo) -> None:
         super().__init__(server, info)
         config = self.config
-        self.h2 = _Connection(
-            h2.config.H2Configuration(
-                client_side=False,
-                header_encoding=None,
-                # Our stream layer lowercases and we filter connection headers below:
-                # skip h2's second pass over every outgoing header.
-                validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-                # Inbound blocks are checked by h2fields in one pass (h2's own check
-                # was a sixth of the CPU time); request_from_fields joins cookies.
-                validate_inbound_headers=False,
-                normalize_inbound_headers=False,
-            )
-        )
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: config.h2_max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: config.h2_initial_window_size,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: config.h2_max_frame_size,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: config.h2_max_header_list_size,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                # RFC 8441: WebSockets over extended CONNECT.
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
-                SETTINGS_NO_RFC7540_PRIORITIES: 1,  # type: ignore[dict-item]
-            },
-        )
-        # h2 copied these two limits from its default settings in its __init__, and the
-        # client's ACK of our first SETTINGS changes nothing it tracks: apply what we
-        # announce. (Before the ACK this only accepts more: our frame size is >= 16384.)
-        self.h2.max_inbound_frame_size = config.h2_max_frame_size
-        self.h2.decoder.max_header_list_size = config.h2_max_header_list_size
+        self.h2 = new_h2_connection(config, _Connection)
         self.streams: dict[int, Stream] = {}
         # The send path: data that could not go out at once waits in `_pending`; the
         # streams among them that may send now are in the scheduler, those whose own
@@ -180,7 +147,7 @@ class H2Protocol(PendingSends, BaseConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.h2.initiate_connection()
-        self._open_connection_window()
+        open_connection_window(self.h2, self.config)
         self._flush()
         self._arm_idle_timer()
 
@@ -191,7 +158,7 @@ class H2Protocol(PendingSends, BaseConnection):
         the upgrading request becomes stream 1, already half-closed by the client."""
         super().connection_made(transport)
         self.h2.initiate_upgrade_connection(settings)
-        self._open_connection_window()
+        open_connection_window(self.h2, self.config)
         self._new_stream(1, request).feed_end()
         self._flush()
         if rest:
@@ -210,11 +177,6 @@ class H2Protocol(PendingSends, BaseConnection):
             self.transport.resume_reading()
             if self._sched:
                 self._pump()
-
-    def _open_connection_window(self) -> None:
-        extra = self.config.h2_connection_window_size - 65535
-        if extra > 0:
-            self.h2.increment_flow_control_window(extra)
 
     # --- input -------------------------------------------------------------------------
 
