@@ -32,6 +32,7 @@ class Dispatcher(asyncio.Protocol):
         self.proxied_client = proxied_client
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
+        self._shutdown_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only look-alikes.
@@ -56,12 +57,33 @@ class Dispatcher(asyncio.Protocol):
             self.server.connections.add(self)
 
     def shutdown(self) -> None:
+        """A cleartext connection still waiting for its first bytes (to tell h2c from
+        HTTP/1.1) was accepted just before the shutdown: its client has most likely sent
+        a request already, and would not retry it on a new connection, so it gets the
+        same grace as an HTTP/1.1 connection without its first request. Once the bytes
+        come, the protocol it switches to is told the server is shutting down."""
+        if self.transport is None or self._shutdown_timer is not None:
+            return
+        wait = self.server.config.graceful_first_request_wait
+        if wait <= 0:
+            self.transport.close()
+            return
+        self._shutdown_timer = asyncio.get_running_loop().call_later(wait, self._undecided)
+
+    def _undecided(self) -> None:
+        self._shutdown_timer = None
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
+        self._cancel_shutdown_timer()
         if self.transport is not None:
             self.transport.abort()
+
+    def _cancel_shutdown_timer(self) -> None:
+        if self._shutdown_timer is not None:
+            self._shutdown_timer.cancel()
+            self._shutdown_timer = None
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -71,6 +93,7 @@ class Dispatcher(asyncio.Protocol):
         self._switch("2" if head == PREFACE else "1.1", self.buffer)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_shutdown_timer()
         self.server.connections.discard(self)
 
     def _info(self, http_version: str) -> ConnectionInfo:
@@ -98,14 +121,20 @@ class Dispatcher(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         self.server.connections.discard(self)
+        self._cancel_shutdown_timer()
         info = self._info(http_version)
+        protocol: H2Protocol | HTTP1Protocol
         if http_version == "2":
-            h2proto = H2Protocol(self.server, info)
-            transport.set_protocol(h2proto)
-            h2proto.connection_made(transport)
+            protocol = H2Protocol(self.server, info)
+            transport.set_protocol(protocol)
+            protocol.connection_made(transport)
             if data:
-                h2proto.data_received(data)
+                protocol.data_received(data)
         else:
-            h1proto = HTTP1Protocol(self.server, info)
-            transport.set_protocol(h1proto)
-            h1proto.start_with(transport, data)
+            protocol = HTTP1Protocol(self.server, info)
+            transport.set_protocol(protocol)
+            protocol.start_with(transport, data)
+        if self.server.shutting_down.is_set() and not protocol.closed:
+            # The server's shutdown went over the connections before this one had a
+            # protocol: it finishes what it was given, then closes.
+            protocol.shutdown()
