@@ -306,6 +306,13 @@ class Config:
         "HTTP/2: CONTINUATION frames one header block may span;"
         " GOAWAY ENHANCE_YOUR_CALM beyond (CVE-2024-27316).",
     )
+    h2_max_closed_streams: int = _opt(
+        1024,
+        "HTTP/2: finished streams a connection remembers (how each ended), to ignore"
+        " frames still in flight after a reset and to tell a stream error from a"
+        " connection error; older ones are forgotten. h2's own 65,536 cost a long-lived"
+        " connection about 7.5 MiB.",
+    )
     h2_rate_window: float = _opt(
         10.0, "HTTP/2: length in seconds of the window the `h2_max_*_per_window` limits count in."
     )

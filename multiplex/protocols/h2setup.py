@@ -11,6 +11,7 @@ from typing import TypeVar
 import h2.config
 import h2.connection
 import h2.settings
+from h2.utilities import SizeLimitDict
 
 from multiplex.config import Config
 
@@ -58,6 +59,9 @@ def new_h2_connection(config: Config, cls: type[C]) -> C:
     # announce. (Before the ACK this only accepts more: our frame size is >= 16384.)
     conn.max_inbound_frame_size = config.h2_max_frame_size
     conn.decoder.max_header_list_size = config.h2_max_header_list_size
+    # h2 sizes its memory of finished streams from a class constant read in __init__
+    # (65,536 entries): put the same kind of dict, empty as h2 left it, in its place.
+    conn._closed_streams = SizeLimitDict(size_limit=config.h2_max_closed_streams)
     return conn
 
 

@@ -62,3 +62,29 @@ def test_the_ceiling_runs_the_servers_h2_configuration() -> None:
     assert h2_configuration().validate_inbound_headers is False
     # And it still answers every request it is fed.
     assert h2ceiling.run_h2(200) > 0
+
+
+def test_a_connection_remembers_at_most_h2_max_closed_streams_finished_streams(
+    run_server: Serve,
+) -> None:
+    """h2 would remember how each of the last 65,536 streams ended, about 7.5 MiB on a
+    long-lived connection; ours keeps `h2_max_closed_streams`, the newest."""
+    from multiplex.protocols.http2 import H2Protocol
+
+    running = run_server(hello, h2c=True, h2_max_closed_streams=16)
+    with RawH2(running.port) as client:
+        client.handshake()
+        for stream_id in range(1, 81, 2):
+            client.send_headers(stream_id, request_headers())
+            assert client.read_response(stream_id).status == 200
+
+        def remembered() -> list[list[int]]:
+            state = running.server.state
+            assert state is not None
+            return [
+                list(c.h2._closed_streams) for c in state.connections if isinstance(c, H2Protocol)
+            ]
+
+        (closed,) = running.call(remembered)
+    assert 0 < len(closed) <= 16
+    assert closed == sorted(closed) and closed[-1] > 60  # the newest are kept
