@@ -6,8 +6,8 @@ per-message cost: a `Buffer` copy and commit, a `Header` and `RsvBits` named tup
 for every frame, and a four-slice `translate` unmask. Most frames a server receives are
 the simplest kind: one whole, masked, unfragmented text or binary frame with no reserved
 bit, no extension, and its message is the frame. For those, this module reads the header
-with a few integer tests, unmasks with one big-integer XOR and decodes text strictly in
-one `str` call.
+with a few integer tests, unmasks (in C when the websockets library is installed, else
+with one big-integer XOR) and decodes text strictly in one `str` call.
 
 Everything else stays with wsproto, in order: control frames, fragments, non-minimal
 lengths, reserved bits, unmasked client frames, messages above the size limit, invalid
@@ -24,9 +24,20 @@ Sending: a text or binary message with no extension active is one FIN frame, unm
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from wsproto.frame_protocol import FrameProtocol, XorMaskerSimple
+
+try:
+    # The websockets library's C masking, where it is installed (uvicorn[standard]
+    # brings it; so does `pip install multiplex[speedups]`): 0.4 µs for 16 KiB against
+    # 16 µs for wsproto's slices and 35 µs for the big-integer XOR (timeit here). Pure
+    # Python below otherwise; the tests run both.
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - depends on what is installed
+    apply_mask = None  # type: ignore[assignment]
+_c_apply_mask: Callable[[bytes, bytes], bytes] | None = apply_mask
 
 # FIN set, RSV1-3 clear, opcode TEXT / BINARY: the only first bytes the short road takes.
 _TEXT_FIN = 0x81
@@ -41,6 +52,13 @@ _INT_UNMASK_MAX = 768
 
 def unmask(payload: bytes, key: bytes) -> bytes:
     """`payload` XOR the four-byte masking `key` repeated (RFC 6455 5.3)."""
+    if _c_apply_mask is not None:
+        return _c_apply_mask(payload, key)
+    return unmask_in_python(payload, key)
+
+
+def unmask_in_python(payload: bytes, key: bytes) -> bytes:
+    """`unmask` without the C helper."""
     n = len(payload)
     if n > _INT_UNMASK_MAX:
         return bytes(XorMaskerSimple(key).process(bytearray(payload)))

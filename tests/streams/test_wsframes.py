@@ -24,8 +24,15 @@ from typing import Any
 import pytest
 from wsproto.frame_protocol import FrameProtocol, Opcode, XorMaskerSimple
 
+from multiplex.streams import wsframes
 from multiplex.streams.websocket import WebSocketStream
-from multiplex.streams.wsframes import data_frame, read_messages, unmask, wsproto_idle
+from multiplex.streams.wsframes import (
+    data_frame,
+    read_messages,
+    unmask,
+    unmask_in_python,
+    wsproto_idle,
+)
 from tests import apps
 from tests.conftest import RunningServer
 from tests.wsraw import RawWS
@@ -84,10 +91,17 @@ END_MARK = b"end of test"
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 31, 32, 33, 767, 768, 769, 4096, 65537])
-def test_unmask_is_wsprotos(n: int) -> None:
+@pytest.mark.parametrize("road", ["as installed", "pure Python"])
+def test_unmask_is_wsprotos(n: int, road: str) -> None:
     payload = os.urandom(n)
     key = os.urandom(4)
-    assert unmask(payload, key) == bytes(XorMaskerSimple(key).process(bytearray(payload)))
+    function = unmask if road == "as installed" else unmask_in_python
+    assert function(payload, key) == bytes(XorMaskerSimple(key).process(bytearray(payload)))
+
+
+def test_the_c_masking_is_used_where_installed() -> None:
+    """websockets is a test dependency, so the tests run the C road too."""
+    assert wsframes._c_apply_mask is not None
 
 
 @pytest.mark.parametrize("n", [0, 1, 125, 126, 127, 65535, 65536, 70000])
