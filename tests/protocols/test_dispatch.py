@@ -16,14 +16,7 @@ from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from tests import apps
 from tests.conftest import RunningServer
-
-
-def _read_to_eof(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
+from tests.sockets import read_to_eof
 
 
 def _wait_for_connections(running: RunningServer, count: int) -> None:
@@ -85,14 +78,14 @@ def test_shutdown_serves_a_fresh_connection_whose_first_bytes_are_on_their_way(
         _wait_for_shutdown(running)  # the shutdown reaches the connection before its bytes
         if protocol == "HTTP/1.1":
             fresh.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            response = _read_to_eof(fresh)
+            response = read_to_eof(fresh)
             stopper.join(30)
             assert response.startswith(b"HTTP/1.1 200"), response
             assert b"connection: close" in response.lower()
             assert response.endswith(b"hello 1.1")
             return
         fresh.sendall(_h2c_request())
-        answer = _read_to_eof(fresh)
+        answer = read_to_eof(fresh)
         stopper.join(30)
     frames = _frames(answer)
     heads = [hpack.Decoder().decode(f.data) for f in frames if isinstance(f, HeadersFrame)]

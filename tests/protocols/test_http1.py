@@ -17,6 +17,7 @@ import pytest
 from tests import apps
 from tests.conftest import RunningServer
 from tests.protocols.rawh2 import H2Client, Response
+from tests.sockets import read_to_eof
 
 RunServer = Callable[..., RunningServer]
 Scope = dict[str, Any]
@@ -333,14 +334,6 @@ def test_h2c_upgrade_ignored_when_h2c_off(run_server: RunServer, raw: Raw) -> No
     assert reply.body == b"hello 1.1"
 
 
-def _read_to_eof(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def test_shutdown_serves_the_first_request_of_a_fresh_connection(run_server: RunServer) -> None:
     """A connection accepted just before a graceful shutdown (a workers' reload does
     one) whose request is still on its way gets that request served, with `connection:
@@ -368,9 +361,9 @@ def test_shutdown_serves_the_first_request_of_a_fresh_connection(run_server: Run
             time.sleep(0.01)
         stopper = threading.Thread(target=running.shutdown)
         stopper.start()
-        assert _read_to_eof(used) == b""  # idle after its request: closed at once
+        assert read_to_eof(used) == b""  # idle after its request: closed at once
         fresh.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        response = _read_to_eof(fresh)
+        response = read_to_eof(fresh)
         stopper.join(30)
     assert response.startswith(b"HTTP/1.1 200"), response
     assert b"connection: close" in response.lower()
