@@ -11,8 +11,10 @@ lifespan, configured by the supervisor through the environment. Workers share th
   SO_REUSEPORT socket, closing it would reset every connection still in its accept
   queue (Linux does not hand them to the siblings unless the net.ipv4.tcp_migrate_req
   sysctl says so), and a client sees "connection reset" for a request it may well
-  have sent already. A slot whose worker dies unexpectedly gets new sockets, so that
-  while it waits for a replacement the kernel sends its connections to the others.
+  have sent already. A slot whose worker dies unexpectedly keeps its sockets for the
+  replacement, started at once; when the replacement must wait (workers dying at
+  startup), the slot gets new sockets, so that meanwhile the kernel sends its
+  connections to the other slots.
 - QUIC binds: every worker binds the same UDP address with SO_REUSEPORT, and the
   kernel spreads each 4-tuple's datagrams (so a QUIC connection stays on one worker).
 - A bind asking for port 0 gets a port picked here once, so that all workers agree on
@@ -353,7 +355,16 @@ class Supervisor:
         logger.info("Reloading: starting %d new workers", self.count)
         # Each slot's new worker accepts from the sockets its predecessor did, so what
         # waits in their accept queues when the old one closes its copy is not lost.
-        fresh = [self._spawn(slot) for slot in range(self.count)]
+        fresh: list[Worker] = []
+        try:
+            for slot in range(self.count):
+                fresh.append(self._spawn(slot))
+        except StartupError as exc:
+            # A slot renewed after a crash could not listen again (the port is held,
+            # so this should not happen): the old generation serves on.
+            logger.error("Reload failed: %s; keeping the old workers", exc)
+            self._retire(fresh)
+            return
         if not self._wait_ready(fresh):
             if not self.stopping:
                 logger.error("Reload failed: new workers did not start; keeping the old ones")
@@ -376,15 +387,17 @@ class Supervisor:
                 continue
             self.workers.remove(worker)
             os.close(worker.ready_fd)
-            # New sockets for its replacement: until it listens, the kernel sends the
-            # slot's share of connections to the other slots instead of queueing them
-            # (what waits in the old queue is reset, as the dead worker's socket would
-            # have been).
-            self._close_slot(self.slots[worker.slot])
-            self.slots[worker.slot] = None
             early = now - worker.started < EARLY_DEATH
             self.failures = self.failures + 1 if early else 0
             delay = min(MAX_BACKOFF, 0.5 * 2 ** (self.failures - 1)) if early else 0.0
+            if delay:
+                # Its replacement waits: the slot's sockets go, so that meanwhile the
+                # kernel sends its share of connections to the other slots rather than
+                # queue them for seconds (what waits in the queue is reset, as the dead
+                # worker's own socket would have been). Replaced at once, it keeps
+                # them: the replacement answers what queued up while it started.
+                self._close_slot(self.slots[worker.slot])
+                self.slots[worker.slot] = None
             self.next_spawn = max(self.next_spawn, now + delay)
             logger.warning(
                 "Worker %d exited with status %s; replacing it%s",

@@ -22,6 +22,7 @@ import pytest
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import HandshakeCompleted
 
+from multiplex.supervisor import EARLY_DEATH
 from tests.protocols.h3client import client_configuration, h3_connect
 from tests.test_cli_serve import ROOT, free_port
 
@@ -207,11 +208,23 @@ def test_an_app_that_cannot_be_imported_fails_the_start(supervise: Any) -> None:
 
 def test_killed_worker_is_replaced(supervise: Any) -> None:
     port = free_port()
+    started = time.monotonic()  # before the workers start
     server = serve_pid(supervise, port)
     before = pids_seen(port)
     assert len(before) == 2
     victim = min(before)
+    # Past EARLY_DEATH, a death is not a crash at startup: the replacement starts at once.
+    time.sleep(max(0.0, EARLY_DEATH + 0.5 - (time.monotonic() - started)))
     os.kill(victim, signal.SIGKILL)
+    until(lambda: not alive(victim), 30, "the killed worker to be gone")
+    # While its replacement starts, connections the kernel puts in the dead worker's
+    # slot wait there for the replacement: every one is answered, none reset.
+    waiting = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(20)]
+    for sock in waiting:
+        sock.sendall(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+    for sock in waiting:
+        with sock:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
     until(lambda: len(new_pids(port, before)) >= 1, 30, "a replacement worker")
     after = pids_seen(port)
     assert victim not in after and len(after) == 2, (before, after)
