@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("multiplex")
 
+# Loop turns a shutdown lets pass between no longer accepting and closing the listeners,
+# so that connections already accepted reach connection_made (see `Server.shutdown`):
+# two for asyncio, one more in case a callback on the accept path schedules another.
+ACCEPTED_TURNS = 3
+
 
 class Server:
     def __init__(
@@ -196,6 +201,26 @@ class Server:
             self.certificates.stop_watching()
         if self.acme is not None:
             await self.acme.stop()
+        # Accepting stops first, closing comes a few loop turns later. A connection the
+        # loop accepted just before is not among `state.connections` until its
+        # protocol's connection_made has run: asyncio makes its transport in a task one
+        # turn after accept() and calls connection_made one turn after that (uvloop
+        # does both within the turn it accepts). Were the walk and the wait below to
+        # miss it, the worker would exit with it open, its request unanswered (the
+        # client sees a reset, or "server disconnected"). And asyncio (3.11 at least)
+        # silently drops a connection whose transport is made after Server.close():
+        # the transport's `server._attach()` asserts the server is open. Connections
+        # whose TLS handshake is still running are not waited for: no request has been
+        # sent on them yet.
+        loop = asyncio.get_running_loop()
+        for listener in self.listeners:
+            if isinstance(listener, asyncio.Server):
+                # asyncio's accept callback is a reader on each listening socket (uvloop
+                # accepts through libuv, and has no such gap).
+                for sock in listener.sockets:
+                    loop.remove_reader(sock.fileno())
+        for _ in range(ACCEPTED_TURNS):
+            await asyncio.sleep(0)
         for listener in self.listeners:
             listener.close()
         for connection in list(state.connections):

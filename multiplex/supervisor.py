@@ -3,12 +3,23 @@
 Each worker is `python -m multiplex.worker`, a whole server with its own event loop and
 lifespan, configured by the supervisor through the environment. Workers share the ports:
 
-- TCP and QUIC binds: every worker binds the same address with SO_REUSEPORT, and the
-  kernel spreads connections (and, for UDP, each 4-tuple's datagrams, so a QUIC
-  connection stays on one worker) across them. A bind asking for port 0 gets a port
-  picked here once, so that all workers agree on it. While it runs, the supervisor
-  keeps a bound, never-listening TCP socket on each port, so the port stays ours
-  between worker generations.
+- TCP binds: the supervisor makes one listening socket per worker slot, all with
+  SO_REUSEPORT on the same address, so the kernel spreads connections across the
+  slots; slot i's sockets are inherited by whichever worker fills slot i (`fd://N`).
+  A reload's new worker for a slot accepts from the very socket its predecessor did,
+  so the old worker's closing its copy loses nothing: had each worker its own
+  SO_REUSEPORT socket, closing it would reset every connection still in its accept
+  queue (Linux does not hand them to the siblings unless the net.ipv4.tcp_migrate_req
+  sysctl says so), and a client sees "connection reset" for a request it may well
+  have sent already. A slot whose worker dies unexpectedly keeps its sockets for the
+  replacement, started at once; when the replacement must wait (workers dying at
+  startup), the slot gets new sockets, so that meanwhile the kernel sends its
+  connections to the other slots.
+- QUIC binds: every worker binds the same UDP address with SO_REUSEPORT, and the
+  kernel spreads each 4-tuple's datagrams (so a QUIC connection stays on one worker).
+- A bind asking for port 0 gets a port picked here once, so that all workers agree on
+  it. While it runs, the supervisor also keeps a bound, never-listening TCP socket on
+  each port, so the port stays ours even while a slot's sockets are being renewed.
 - unix sockets and inherited fds: bound once here and passed down (`fd://N`): every
   worker accepts from the one listening socket.
 
@@ -63,8 +74,9 @@ MAX_BACKOFF = 30.0
 
 
 class Worker:
-    def __init__(self, process: subprocess.Popen[bytes], ready_fd: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], ready_fd: int, slot: int) -> None:
         self.process = process
+        self.slot = slot  # which of the supervisor's listening sockets it accepts from
         self.ready_fd = ready_fd  # read end of the pipe the worker writes to once listening
         self.started = time.monotonic()
         self.ready = False
@@ -87,7 +99,14 @@ class Supervisor:
         self.secret = os.urandom(32)  # QUIC keys every worker shares; never logged
         self.held: list[socket.socket] = []  # port reservations and inherited sockets
         self.pass_fds: list[int] = []
+        # TCP binds by their place in config.bind: the concrete (host, port).
+        self.tcp_binds: dict[int, tuple[str, int]] = {}
         self.worker_config = self._resolve(config)
+        # Per worker slot, per TCP bind: the listening sockets that slot's workers
+        # inherit, one generation after the other (None: to be made at the next spawn).
+        self.slots: list[dict[int, list[socket.socket]] | None] = [None] * self.count
+        for slot in range(self.count):
+            self.slots[slot] = self._checked_slot_sockets()
         self.stopping = False
         self.reloading = False
         self.failures = 0  # workers that died early in a row
@@ -102,8 +121,14 @@ class Supervisor:
     # --- ports -----------------------------------------------------------------------
 
     def _resolve(self, config: Config) -> Config:
-        """The config workers run: concrete ports, unix sockets and fds inherited."""
+        """The config workers run: concrete ports, unix sockets and fds inherited (TCP
+        binds are replaced by each slot's sockets at spawn time)."""
         binds = [self._checked(bind, self._resolve_bind, config) for bind in config.bind]
+        for index, bind in enumerate(binds):
+            where = parse_bind(bind)
+            if where.kind == "tcp":
+                assert where.host is not None and where.port is not None
+                self.tcp_binds[index] = (where.host, where.port)
         quic = [self._checked(bind, self._resolve_quic, config) for bind in config.quic_bind]
         return config.replace(bind=binds, quic_bind=quic, workers=1, reload=False)
 
@@ -166,6 +191,68 @@ class Supervisor:
         # it (they would then fail to start, loudly); name a port to be sure.
         return chosen
 
+    def _checked_slot_sockets(self) -> dict[int, list[socket.socket]]:
+        """One slot's listening sockets, for every TCP bind."""
+        made: dict[int, list[socket.socket]] = {}
+        try:
+            for index, (host, port) in self.tcp_binds.items():
+                try:
+                    made[index] = self._listening(host, port, self.config)
+                except OSError as exc:
+                    bind = self.config.bind[index]
+                    raise StartupError(f"cannot listen on {bind}: {exc.strerror or exc}") from None
+        except BaseException:
+            self._close_slot(made)
+            raise
+        return made
+
+    @staticmethod
+    def _listening(host: str, port: int, config: Config) -> list[socket.socket]:
+        """What loop.create_server would listen on for `host:port` (a name may give an
+        IPv4 and an IPv6 address), with SO_REUSEPORT so that the slots share the port."""
+        sockets: list[socket.socket] = []
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                sockets.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    # As asyncio does: [::] is IPv6 only, 0.0.0.0 gets its own socket.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                # Listening from now on: connections wait in the queue while the
+                # slot's first worker starts, rather than being refused.
+                sock.listen(config.backlog)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+    @staticmethod
+    def _close_slot(sockets: dict[int, list[socket.socket]] | None) -> None:
+        for group in (sockets or {}).values():
+            for sock in group:
+                sock.close()
+
+    def _slot_config(self, slot: int) -> tuple[Config, list[int]]:
+        """The config of a worker in `slot`, and the fds it inherits for it."""
+        sockets = self.slots[slot]
+        if sockets is None:
+            sockets = self.slots[slot] = self._checked_slot_sockets()
+        binds: list[str] = []
+        fds: list[int] = []
+        for index, bind in enumerate(self.worker_config.bind):
+            if index not in sockets:
+                binds.append(bind)
+                continue
+            for sock in sockets[index]:
+                fds.append(sock.fileno())
+                binds.append(f"fd://{sock.fileno()}")
+        return self.worker_config.replace(bind=binds), fds
+
     def _inherit(self, sock: socket.socket) -> str:
         self.held.append(sock)
         fd = sock.fileno()
@@ -175,7 +262,8 @@ class Supervisor:
 
     # --- workers ---------------------------------------------------------------------
 
-    def _spawn(self) -> Worker:
+    def _spawn(self, slot: int) -> Worker:
+        config, slot_fds = self._slot_config(slot)
         read_fd, write_fd = os.pipe()
         # The secret goes through a pipe, not the environment: the app (and whatever
         # it starts) inherits the worker's environment. 32 bytes fit the pipe buffer.
@@ -183,7 +271,7 @@ class Supervisor:
         os.write(secret_write, self.secret)
         os.close(secret_write)
         env = dict(os.environ)
-        env[CONFIG_ENV] = json.dumps(dataclasses.asdict(self.worker_config))
+        env[CONFIG_ENV] = json.dumps(dataclasses.asdict(config))
         env[SECRET_ENV] = str(secret_read)
         env[READY_ENV] = str(write_fd)
         env[LIFELINE_ENV] = str(self.lifeline)
@@ -191,12 +279,12 @@ class Supervisor:
             process = subprocess.Popen(
                 [sys.executable, "-m", "multiplex.worker"],
                 env=env,
-                pass_fds=[*self.pass_fds, write_fd, secret_read, self.lifeline],
+                pass_fds=[*self.pass_fds, *slot_fds, write_fd, secret_read, self.lifeline],
             )
         finally:
             os.close(write_fd)
             os.close(secret_read)
-        worker = Worker(process, read_fd)
+        worker = Worker(process, read_fd, slot)
         logger.info("Started worker %d", worker.pid)
         return worker
 
@@ -242,6 +330,11 @@ class Supervisor:
 
     def _stop(self) -> None:
         """Retire every worker and wait until all are gone."""
+        # Our copies first: once the workers close theirs, the ports take no more
+        # connections, as a single-process server's would on SIGTERM.
+        for slot, sockets in enumerate(self.slots):
+            self._close_slot(sockets)
+            self.slots[slot] = None
         self._retire(self.workers)
         self.workers = []
         while self.retiring:
@@ -260,7 +353,18 @@ class Supervisor:
     def _reload(self) -> None:
         """A new generation first, then the old one stops: no gap, nothing dropped."""
         logger.info("Reloading: starting %d new workers", self.count)
-        fresh = [self._spawn() for _ in range(self.count)]
+        # Each slot's new worker accepts from the sockets its predecessor did, so what
+        # waits in their accept queues when the old one closes its copy is not lost.
+        fresh: list[Worker] = []
+        try:
+            for slot in range(self.count):
+                fresh.append(self._spawn(slot))
+        except StartupError as exc:
+            # A slot renewed after a crash could not listen again (the port is held,
+            # so this should not happen): the old generation serves on.
+            logger.error("Reload failed: %s; keeping the old workers", exc)
+            self._retire(fresh)
+            return
         if not self._wait_ready(fresh):
             if not self.stopping:
                 logger.error("Reload failed: new workers did not start; keeping the old ones")
@@ -286,6 +390,14 @@ class Supervisor:
             early = now - worker.started < EARLY_DEATH
             self.failures = self.failures + 1 if early else 0
             delay = min(MAX_BACKOFF, 0.5 * 2 ** (self.failures - 1)) if early else 0.0
+            if delay:
+                # Its replacement waits: the slot's sockets go, so that meanwhile the
+                # kernel sends its share of connections to the other slots rather than
+                # queue them for seconds (what waits in the queue is reset, as the dead
+                # worker's own socket would have been). Replaced at once, it keeps
+                # them: the replacement answers what queued up while it started.
+                self._close_slot(self.slots[worker.slot])
+                self.slots[worker.slot] = None
             self.next_spawn = max(self.next_spawn, now + delay)
             logger.warning(
                 "Worker %d exited with status %s; replacing it%s",
@@ -294,7 +406,15 @@ class Supervisor:
                 f" in {delay:.1f} s (workers keep dying at startup)" if delay else "",
             )
         if len(self.workers) < self.count and now >= self.next_spawn:
-            self.workers.append(self._spawn())
+            taken = {w.slot for w in self.workers}
+            free = min(slot for slot in range(self.count) if slot not in taken)
+            try:
+                self.workers.append(self._spawn(free))
+            except StartupError as exc:
+                # The port is still ours (held), so this should not happen; try again
+                # later rather than let the supervisor die with the other workers.
+                logger.error("Cannot replace a worker: %s", exc)
+                self.next_spawn = now + MAX_BACKOFF
 
     # --- --reload ----------------------------------------------------------------------
 
@@ -345,7 +465,7 @@ class Supervisor:
             os.getpid(),
             "reloading on changes" if self.config.reload else f"{self.count} workers",
         )
-        self.workers = [self._spawn() for _ in range(self.count)]
+        self.workers = [self._spawn(slot) for slot in range(self.count)]
         try:
             if not self._wait_ready(self.workers) and not self.stopping:
                 logger.error("Workers failed to start")
