@@ -28,7 +28,7 @@ from multiplex.protocols.fields import STATUS, request_from_fields, response_fie
 from multiplex.protocols.h3control import PrioritySniffer, PriorityUpdate
 from multiplex.protocols.limits import RateWindow
 from multiplex.protocols.pending import PendingSends
-from multiplex.protocols.qpack import BoundedH3Connection, field_section_size
+from multiplex.protocols.qpack import BoundedH3Connection
 from multiplex.scheduling import DEFAULT_PRIORITY, PendingSend, Priority, Scheduler, parse_priority
 from multiplex.streams import WebTransportStream, open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, Stream
@@ -210,11 +210,18 @@ class H3Protocol(PendingSends):
             return
         if stream_id > self._highest_request_id:
             self._highest_request_id = stream_id
-        if self._fields_too_large(stream_id, event.headers):
-            return
         early = not self.quic.handshake_complete
-        request = request_from_fields(event.headers, self.config.webtransport)
+        limit = self.config.quic_max_field_section_size
+        request = request_from_fields(event.headers, self.config.webtransport, limit)
         if isinstance(request, int):
+            if request == 431:
+                # RFC 9114 section 4.2.2: the decoded header list is over our limit.
+                logger.info(
+                    "HTTP/3 stream %s from %s: header list over quic_max_field_section_size = %d",
+                    stream_id,
+                    self.info.client,
+                    limit,
+                )
             self._refuse(stream_id, request)
             return
         if request.webtransport and len(self._wt_sessions) >= self.config.webtransport_max_sessions:
@@ -788,23 +795,6 @@ class H3Protocol(PendingSends):
             self.quic.close(error_code=H3_NO_ERROR, reason_phrase="server shutting down")
             self.transmit()
             self._terminated()
-
-    # --- abuse bounds ----------------------------------------------------------------
-
-    def _fields_too_large(self, stream_id: int, headers: Headers) -> bool:
-        """A request whose decoded header list is over quic_max_field_section_size gets
-        431 (RFC 9114 section 4.2.2) and never reaches the app."""
-        limit = self.config.quic_max_field_section_size
-        if field_section_size(headers) <= limit:
-            return False
-        logger.info(
-            "HTTP/3 stream %s from %s: header list over quic_max_field_section_size = %d",
-            stream_id,
-            self.info.client,
-            limit,
-        )
-        self._refuse(stream_id, 431)
-        return True
 
 
 def _tls_extension(endpoint: QuicEndpoint) -> dict[str, Any]:

@@ -37,14 +37,14 @@ from aioquic.h3.events import H3Event
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 
+from multiplex.protocols.fields import FIELD_OVERHEAD
+
 logger = logging.getLogger("multiplex")
 
 # A block that could decode to this many times the limit is not decoded at all. Legitimate
 # blocks reach their bound only by referring to large dynamic entries many times: 16 times
 # the 64 KiB default still allows 256 references to full 4 KiB entries.
 BOMB_FACTOR = 16
-# RFC 9114 section 4.2.2: a field's size is its name and value plus 32 bytes.
-FIELD_OVERHEAD = 32
 # Static table entries are all under 96 bytes with the overhead (RFC 9204 appendix A).
 STATIC_ENTRY_BOUND = 128
 
