@@ -179,7 +179,35 @@ def _request_streams(seed: int) -> list[list[tuple[int, bytes, bool]]]:
         headers(get)[:-1],  # cut short
         headers(get) + headers(get) + headers(get),
     ]
-    sequences = []
+    # What the short road for a stream's first data takes, and its near misses: one
+    # whole HEADERS frame with or without FIN, a two-byte frame length, a frame cut
+    # short or followed by more, a block that refers to table entries not yet there
+    # (resumed by the encoder stream), an empty frame, a mismatched content-length.
+    big = [*get, (b"user-agent", b"u" * 80)]
+    assert len(headers(big)) > 66  # a two-byte frame length
+    dynamic = pylsqpack.Encoder()
+    instructions = dynamic.apply_settings(CAPACITY, 16)
+    entry = [*get, (b"x-entry", b"v" * 20)]
+    dynamic.encode(0, entry)  # lsqpack inserts a field it has seen before
+    inserts, block = dynamic.encode(0, entry)
+    instructions += inserts
+    assert inserts and block[0] != 0  # refers to the dynamic table
+    blocked = encode_frame(FrameType.HEADERS, block)
+    encoder_stream = b"\x02" + instructions
+    sequences = [
+        [(0, headers(big), True)],
+        [(0, headers(big), False), (0, data, True)],
+        [(0, headers(big)[:-1], True)],
+        [(0, headers(get) + b"\x00", True)],
+        [(0, headers(get)[:-1], False), (0, headers(get)[-1:], True)],
+        [(0, blocked, True), (2, encoder_stream, False)],
+        [(0, blocked, False), (2, encoder_stream, False), (0, b"", True)],
+        [(0, blocked, False), (0, data, False), (2, encoder_stream, False), (0, b"", True)],
+        [(0, encode_frame(FrameType.HEADERS, b""), True)],
+        [(0, headers([*get, (b"content-length", b"5")]), True)],
+        [(0, headers([*get, (b"content-length", b"0")]), True)],
+        [(0, b"\x01\x80\x00\x00\x03" + headers(get)[2:], True)],  # 4-byte length
+    ]
     for case in cases:
         sequences.append([(0, case, True)])
         cut = sorted(rng.sample(range(len(case) + 1), min(3, len(case) + 1)))
