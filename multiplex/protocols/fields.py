@@ -13,6 +13,9 @@ from multiplex.streams.seam import Headers, Request
 CONNECTION_SPECIFIC = frozenset(
     [b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"]
 )
+# RFC 9114 section 4.2.2 (and RFC 9113 section 6.5.2): a field's size is its name and
+# value plus 32 bytes.
+FIELD_OVERHEAD = 32
 STATUS = {code: str(code).encode() for code in range(100, 600)}
 
 
@@ -26,16 +29,23 @@ def response_fields(status: int, headers: Headers) -> Headers:
 
 
 def request_from_fields(
-    fields: Iterable[tuple[bytes, bytes]], webtransport: bool = False
+    fields: Iterable[tuple[bytes, bytes]], webtransport: bool = False, max_size: int = 0
 ) -> Request | int:
-    """The request, or the status to refuse it with before any app sees it: 405 for a
-    plain CONNECT (we are no proxy), 501 for an extended CONNECT to another protocol
-    (WebTransport counts only where the connection enabled it).
+    """The request, or the status to refuse it with before any app sees it: 431 when
+    `max_size` is set and the field section is larger by RFC 9114 section 4.2.2's
+    measure (each field's name and value plus 32), 405 for a plain CONNECT (we are no
+    proxy), 501 for an extended CONNECT to another protocol (WebTransport counts only
+    where the connection enabled it).
     The library below has already checked which pseudo-headers are allowed."""
     method = path = authority = protocol = b""
     headers: Headers = []
     cookies: list[bytes] = []
+    # One walk does it all: the host and expect checks and the size are noted on the
+    # way rather than by generator passes afterwards (a few microseconds a request).
+    host = expect = False
+    size = 0
     for name, value in fields:
+        size += len(name) + len(value) + FIELD_OVERHEAD
         if name[:1] == b":":
             if name == b":method":
                 method = value
@@ -48,10 +58,16 @@ def request_from_fields(
         elif name == b"cookie":
             cookies.append(value)
         else:
+            if name == b"host":
+                host = True
+            elif name == b"expect" and not expect:
+                expect = value.lower() == b"100-continue"
             headers.append((name, value))
+    if max_size and size > max_size:
+        return 431
     if cookies:
         headers.append((b"cookie", b"; ".join(cookies)))
-    if authority and not any(name == b"host" for name, _ in headers):
+    if authority and not host:
         headers.insert(0, (b"host", authority))
     websocket = wt = False
     if method == b"CONNECT":
@@ -61,7 +77,6 @@ def request_from_fields(
             return 501 if protocol else 405
         else:
             websocket = True
-    expect = any(n == b"expect" and v.lower() == b"100-continue" for n, v in headers)
     request = Request(method.decode("ascii"), path, headers, expect, websocket)
     request.webtransport = wt
     return request

@@ -28,7 +28,7 @@ from multiplex.protocols.fields import STATUS, request_from_fields, response_fie
 from multiplex.protocols.h3control import PrioritySniffer, PriorityUpdate
 from multiplex.protocols.limits import RateWindow
 from multiplex.protocols.pending import PendingSends
-from multiplex.protocols.qpack import BoundedH3Connection, field_section_size
+from multiplex.protocols.qpack import BoundedH3Connection
 from multiplex.scheduling import DEFAULT_PRIORITY, PendingSend, Priority, Scheduler, parse_priority
 from multiplex.streams import WebTransportStream, open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, Stream
@@ -102,6 +102,9 @@ class H3Protocol(PendingSends):
         self._wt_sessions: dict[int, WebTransportStream] = {}
         self._wt_streams: dict[int, int] = {}
         self._raw: set[int] = set()  # streams whose bytes go to QUIC unframed
+        # Response heads held back for the body that usually follows in the same loop
+        # turn, so both go to QUIC in one write (`send_head`); sent by the end of it.
+        self._heads: dict[int, Headers] = {}
         self.datagrams_dropped = 0  # outgoing, when too many wait for the wire
         # Rapid Reset over QUIC: request streams the client resets, per window.
         self._resets = RateWindow(
@@ -210,11 +213,18 @@ class H3Protocol(PendingSends):
             return
         if stream_id > self._highest_request_id:
             self._highest_request_id = stream_id
-        if self._fields_too_large(stream_id, event.headers):
-            return
         early = not self.quic.handshake_complete
-        request = request_from_fields(event.headers, self.config.webtransport)
+        limit = self.config.quic_max_field_section_size
+        request = request_from_fields(event.headers, self.config.webtransport, limit)
         if isinstance(request, int):
+            if request == 431:
+                # RFC 9114 section 4.2.2: the decoded header list is over our limit.
+                logger.info(
+                    "HTTP/3 stream %s from %s: header list over quic_max_field_section_size = %d",
+                    stream_id,
+                    self.info.client,
+                    limit,
+                )
             self._refuse(stream_id, request)
             return
         if request.webtransport and len(self._wt_sessions) >= self.config.webtransport_max_sessions:
@@ -297,6 +307,7 @@ class H3Protocol(PendingSends):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        self._heads.clear()
         for stream in list(self.streams.values()):
             stream.feed_disconnect()
         for stream_id in list(self._pending):
@@ -309,6 +320,9 @@ class H3Protocol(PendingSends):
 
     def transmit(self) -> None:
         self._transmit_scheduled = False
+        if self._heads:
+            for stream_id in list(self._heads):
+                self._send_held_head(stream_id)
         if self._close_when_drained and self._drained():
             self._close_when_drained = False
             self.quic.close(error_code=H3_NO_ERROR)
@@ -360,12 +374,28 @@ class H3Protocol(PendingSends):
         if self.closed or stream_id not in self.streams:
             return
         out = response_fields(status, headers)
+        if not end:
+            # A body follows, most often at once (the stream layer calls send_body
+            # next): held for it, and sent alone at the latest when this turn's output
+            # goes out, or before anything else on the stream.
+            self._heads[stream_id] = out
+            self._transmit_soon()
+            return
         try:
             self.h3.send_headers(stream_id, out, end_stream=end)
         except SEND_ERRORS as exc:
             logger.debug("HTTP/3 stream %s: cannot send head: %s", stream_id, exc)
             return
         self._transmit_soon()
+
+    def _send_held_head(self, stream_id: int) -> None:
+        out = self._heads.pop(stream_id, None)
+        if out is None:
+            return
+        try:
+            self.h3.send_headers(stream_id, out)
+        except SEND_ERRORS as exc:
+            logger.debug("HTTP/3 stream %s: cannot send head: %s", stream_id, exc)
 
     async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
         if self.closed or stream_id not in self.streams:
@@ -402,10 +432,15 @@ class H3Protocol(PendingSends):
         once all of it (and the end of stream) is handed over."""
         room = self._room(stream_id)
         if room is None:
+            self._heads.pop(stream_id, None)
             raise ClientDisconnected(f"stream {stream_id} closed")
         size = min(room, most, len(data))
         if size <= 0 and data:
+            if stream_id in self._heads:
+                self._send_held_head(stream_id)  # the head needs no room: it goes now
+                self._transmit_soon()
             return data
+        head = self._heads.pop(stream_id, None) if self._heads else None
         if size == len(data):
             chunk, rest = data, b""
         else:
@@ -413,6 +448,8 @@ class H3Protocol(PendingSends):
         try:
             if stream_id in self._raw:
                 self.quic.send_stream_data(stream_id, chunk, end and not rest)
+            elif head is not None:
+                self.h3.send_response(stream_id, head, chunk, end and not rest)
             else:
                 self.h3.send_data(stream_id, chunk, end_stream=end and not rest)
         except SEND_ERRORS as exc:
@@ -494,6 +531,7 @@ class H3Protocol(PendingSends):
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
         if self.closed or stream_id not in self.streams:
             return
+        self._send_held_head(stream_id)  # a response with trailers and no body
         try:
             self.h3.send_headers(stream_id, headers, end_stream=True)
         except SEND_ERRORS as exc:
@@ -530,6 +568,7 @@ class H3Protocol(PendingSends):
         app on a push stream (RFC 9114 section 4.6), within the client's MAX_PUSH_ID."""
         if self.closed or self._goaway_id is not None or stream_id not in self.streams:
             return
+        self._send_held_head(stream_id)  # the promise goes where it did: after the head
         fields = [
             (b":method", b"GET"),
             (b":scheme", b"https"),
@@ -604,6 +643,7 @@ class H3Protocol(PendingSends):
         self._transmit_soon()
 
     def reset(self, stream_id: int) -> None:
+        self._heads.pop(stream_id, None)  # nothing more goes out on it
         if self.closed:
             return
         try:
@@ -615,6 +655,8 @@ class H3Protocol(PendingSends):
     def stream_complete(self, stream_id: int) -> None:
         if self._wt_sessions.pop(stream_id, None) is not None:
             self.wt_end_session(stream_id)
+        if self._heads and not self.closed:
+            self._send_held_head(stream_id)
         self.streams.pop(stream_id, None)
         self.quic.forget(stream_id, self.unread.pop(stream_id, 0))
         self._drop_pending(stream_id)
@@ -788,23 +830,6 @@ class H3Protocol(PendingSends):
             self.quic.close(error_code=H3_NO_ERROR, reason_phrase="server shutting down")
             self.transmit()
             self._terminated()
-
-    # --- abuse bounds ----------------------------------------------------------------
-
-    def _fields_too_large(self, stream_id: int, headers: Headers) -> bool:
-        """A request whose decoded header list is over quic_max_field_section_size gets
-        431 (RFC 9114 section 4.2.2) and never reaches the app."""
-        limit = self.config.quic_max_field_section_size
-        if field_section_size(headers) <= limit:
-            return False
-        logger.info(
-            "HTTP/3 stream %s from %s: header list over quic_max_field_section_size = %d",
-            stream_id,
-            self.info.client,
-            limit,
-        )
-        self._refuse(stream_id, 431)
-        return True
 
 
 def _tls_extension(endpoint: QuicEndpoint) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import aioquic.h3.connection as h3_connection
 import pylsqpack
+from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import (
     ErrorCode,
     FrameType,
@@ -33,9 +34,11 @@ from aioquic.h3.connection import (
     encode_frame,
     is_interim_response,
 )
-from aioquic.h3.events import H3Event
+from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
+
+from multiplex.protocols.fields import FIELD_OVERHEAD
 
 logger = logging.getLogger("multiplex")
 
@@ -43,8 +46,6 @@ logger = logging.getLogger("multiplex")
 # blocks reach their bound only by referring to large dynamic entries many times: 16 times
 # the 64 KiB default still allows 256 references to full 4 KiB entries.
 BOMB_FACTOR = 16
-# RFC 9114 section 4.2.2: a field's size is its name and value plus 32 bytes.
-FIELD_OVERHEAD = 32
 # Static table entries are all under 96 bytes with the overhead (RFC 9204 appendix A).
 STATIC_ENTRY_BOUND = 128
 
@@ -146,6 +147,7 @@ def _validate_request_headers(headers: Any, stream: Any = None) -> None:
 _NAMESPACE["validate_request_headers"] = _validate_request_headers
 # A frame 0x00 (DATA) header for payloads under 64 bytes: one varint byte of length.
 _SHORT_DATA_HEADERS = [bytes((FrameType.DATA, n)) for n in range(64)]
+_DATA_TYPE = encode_uint_var(FrameType.DATA)
 
 
 class ExcessiveLoad(ProtocolError):
@@ -198,12 +200,56 @@ class BoundedH3Connection(H3Connection):
         stream = self._stream.get(stream_id)
         if stream is None:
             stream = self._stream[stream_id] = H3Stream(stream_id)
+            if self._quic_logger is None:
+                events = self._whole_request_head(stream, event.data, event.end_stream)
+                if events is not None:
+                    return events
         try:
             return self._receive_request_or_push_data(stream, event.data, event.end_stream)
         finally:
             # As aioquic's context manager: forget a stream done both ways.
             if stream.is_ended():
                 self._stream.pop(stream_id)
+
+    def _whole_request_head(
+        self, stream: H3Stream, data: bytes, stream_ended: bool
+    ) -> list[H3Event] | None:
+        """The usual request stream's first data, exactly one whole HEADERS frame (a
+        GET with its FIN, or a head whose body is still to come), handled as aioquic's
+        frame loop would, leaving the stream in the state it would leave it in; None
+        (nothing touched) for anything else, which takes aioquic's loop. aioquic's
+        loop costs a Buffer, two varint reads, a frame-type check that builds a tuple
+        of reserved types each time and a keyword call per frame."""
+        if len(data) < 3 or data[0] != FrameType.HEADERS:
+            return None
+        length = data[1]
+        if length < 0x40:
+            start = 2
+        elif length < 0x80:
+            length = (length & 0x3F) << 8 | data[2]
+            start = 3
+        else:
+            return None
+        if len(data) != start + length:
+            return None
+        frame_data = data[start:]
+        stream_id = stream.stream_id
+        if stream_ended:
+            stream.receiving_ended = True
+        try:
+            headers = self._decode_headers(stream_id, frame_data)
+        except pylsqpack.StreamBlocked:
+            # As aioquic leaves a blocked head: resumed when the encoder stream
+            # brings the table entries it refers to.
+            stream.blocked = True
+            stream.blocked_frame_size = len(frame_data)
+            stream.blocked_frame_type = FrameType.HEADERS
+            return []
+        _validate_request_headers(headers, stream)
+        if stream_ended:
+            self._check_content_length(stream)
+        stream.headers_recv_state = HeadersState.AFTER_HEADERS
+        return [HeadersReceived(headers=headers, stream_id=stream_id, stream_ended=stream_ended)]
 
     def _encode_headers(self, stream_id: int, headers: Any) -> bytes:
         # As aioquic's, minus the empty write to the encoder stream that most header
@@ -257,6 +303,33 @@ class BoundedH3Connection(H3Connection):
         else:
             frame = encode_frame(FrameType.DATA, data)
         self._quic.send_stream_data(stream_id, frame, end_stream)
+
+    def send_response(self, stream_id: int, headers: Any, data: bytes, end_stream: bool) -> None:
+        """`send_headers` then `send_data`, as one write to QUIC where both take the
+        short road above: the usual response's head and body cost aioquic one
+        send_stream_data instead of two. Anything else takes the two calls."""
+        stream = self._stream.get(stream_id)
+        if (
+            stream is None
+            or stream.headers_send_state != HeadersState.INITIAL
+            or self._quic_logger is not None
+            or is_interim_response(headers)
+        ):
+            self.send_headers(stream_id, headers)
+            self.send_data(stream_id, data, end_stream)
+            return
+        head = encode_frame(FrameType.HEADERS, self._encode_headers(stream_id, headers))
+        stream.headers_send_state = HeadersState.AFTER_HEADERS
+        if end_stream:
+            stream.finish_sending()
+            if stream.is_ended():
+                del self._stream[stream_id]
+        size = len(data)
+        if size < 64:
+            frames = head + _SHORT_DATA_HEADERS[size] + data
+        else:  # one copy of a large body, not two
+            frames = b"".join((head, _DATA_TYPE, encode_uint_var(size), data))
+        self._quic.send_stream_data(stream_id, frames, end_stream)
 
     def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> Any:
         # frame_data is None when a blocked block resumes: it was measured on arrival.

@@ -20,7 +20,7 @@ from typing import Any, cast
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionAdapter
 from aioquic.quic.logger import QuicFileLogger
 from aioquic.quic.packet import (
     QuicPacketType,
@@ -74,6 +74,9 @@ class CreditedQuicConnection(QuicConnection):
         self.select_certificate = select_certificate
         self.reset_key = reset_key
         super().__init__(*args, **kw)
+        # The adapter is shared with the connection's loss recovery: changing its class
+        # covers both.
+        self._logger.__class__ = _CheapDebugAdapter
         self._derive_reset_tokens()
         self.stream_window = stream_window
         self.connection_window = connection_window
@@ -228,6 +231,18 @@ class CreditedQuicConnection(QuicConnection):
     def send_credit(self) -> int:
         """Connection flow-control credit left for bytes not yet handed to aioquic."""
         return int(self._remote_max_data) - self.queued
+
+
+class _CheapDebugAdapter(QuicConnectionAdapter):
+    """aioquic's connection log adapter with a debug() that asks the logger first.
+    aioquic logs every stream's creation and discarding at debug level, two calls per
+    request, and LoggerAdapter.debug goes through log() and two isEnabledFor() before
+    it finds the level off: 0.4 us a call against 0.15 (timeit). When debug is on,
+    the record is the same as aioquic's."""
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.log(logging.DEBUG, msg, *args, **kwargs)
 
 
 class _HeldStream(QuicStream):

@@ -29,7 +29,9 @@ def base_scope(
     """The keys `http` and `websocket` scopes have in common."""
     raw_path, _, query = request.raw_target.partition(b"?")
     root_path = server.config.root_path
-    path = unquote(raw_path.decode("latin-1"), errors="surrogateescape")
+    path = raw_path.decode("latin-1")
+    if "%" in path:  # most paths have no escapes: no call into urllib for them
+        path = unquote(path, errors="surrogateescape")
     if root_path:
         # As a proxy that strips the prefix would present it (ASGI: path includes it).
         path = root_path + path

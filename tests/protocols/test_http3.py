@@ -933,3 +933,44 @@ def test_access_log_says_http3(
         access.removeHandler(caplog.handler)
     lines = [r.getMessage() for r in caplog.records if r.name == "multiplex.access"]
     assert any('"GET /hello HTTP/3" 200 7 ' in line for line in lines), lines
+
+
+def test_a_held_response_head_goes_out_while_the_body_waits(
+    run_server: RunServer, tls_config: dict[str, Any], dev_certs: Any
+) -> None:
+    """The response head waits for its body (to go to QUIC in one write with it) only
+    until the end of the loop turn: an app that starts its response, sends an empty
+    chunk and then waits for the request body has its head reach the client, which
+    sends that body only once it has the head. Trailers after an empty body take the
+    held head out before them."""
+
+    async def echo_later(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        await send({"type": "http.response.body", "body": body})
+
+    async def trailers_only(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "trailers": True})
+        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.trailers", "headers": [(b"x-t", b"1")]})
+
+    routes = {"later": echo_later, "trailers": trailers_only}
+    running = quic_server(run_server, tls_config, router(routes))
+
+    async def scenario() -> list[tuple[int, bytes, list[tuple[bytes, bytes]]]]:
+        async with h3_connect(running.quic_port, ca(dev_certs)) as h3:
+            response = h3.start("/later", method="POST", body=b"", end=False)
+            while not response.headers:
+                await asyncio.sleep(0.005)
+            h3.send(response.stream_id, b"ping", end=True)
+            await asyncio.wait_for(response.done, 30)
+            trailers = await h3.request("/trailers")
+            return [(r.status, r.body, r.trailers) for r in (response, trailers)]
+
+    assert run_async(scenario()) == [(200, b"ping", []), (200, b"", [(b"x-t", b"1")])]

@@ -22,6 +22,7 @@ from aioquic.h3.connection import (
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
+from aioquic.quic.packet import QuicFrameType
 
 from multiplex.protocols import qpack
 from multiplex.protocols.qpack import (
@@ -178,7 +179,35 @@ def _request_streams(seed: int) -> list[list[tuple[int, bytes, bool]]]:
         headers(get)[:-1],  # cut short
         headers(get) + headers(get) + headers(get),
     ]
-    sequences = []
+    # What the short road for a stream's first data takes, and its near misses: one
+    # whole HEADERS frame with or without FIN, a two-byte frame length, a frame cut
+    # short or followed by more, a block that refers to table entries not yet there
+    # (resumed by the encoder stream), an empty frame, a mismatched content-length.
+    big = [*get, (b"user-agent", b"u" * 80)]
+    assert len(headers(big)) > 66  # a two-byte frame length
+    dynamic = pylsqpack.Encoder()
+    instructions = dynamic.apply_settings(CAPACITY, 16)
+    entry = [*get, (b"x-entry", b"v" * 20)]
+    dynamic.encode(0, entry)  # lsqpack inserts a field it has seen before
+    inserts, block = dynamic.encode(0, entry)
+    instructions += inserts
+    assert inserts and block[0] != 0  # refers to the dynamic table
+    blocked = encode_frame(FrameType.HEADERS, block)
+    encoder_stream = b"\x02" + instructions
+    sequences = [
+        [(0, headers(big), True)],
+        [(0, headers(big), False), (0, data, True)],
+        [(0, headers(big)[:-1], True)],
+        [(0, headers(get) + b"\x00", True)],
+        [(0, headers(get)[:-1], False), (0, headers(get)[-1:], True)],
+        [(0, blocked, True), (2, encoder_stream, False)],
+        [(0, blocked, False), (2, encoder_stream, False), (0, b"", True)],
+        [(0, blocked, False), (0, data, False), (2, encoder_stream, False), (0, b"", True)],
+        [(0, encode_frame(FrameType.HEADERS, b""), True)],
+        [(0, headers([*get, (b"content-length", b"5")]), True)],
+        [(0, headers([*get, (b"content-length", b"0")]), True)],
+        [(0, b"\x01\x80\x00\x00\x03" + headers(get)[2:], True)],  # 4-byte length
+    ]
     for case in cases:
         sequences.append([(0, case, True)])
         cut = sorted(rng.sample(range(len(case) + 1), min(3, len(case) + 1)))
@@ -259,3 +288,58 @@ def test_request_field_validation_agrees_with_aioquic(seed: int) -> None:
         assert _validated(fields, qpack._validate_request_headers) == _validated(
             fields, h3_connection.validate_request_headers
         ), fields
+
+
+# --- the response send path: head and body in one write against aioquic's two -----------
+
+
+def _sent(h3: BoundedH3Connection, combined: bool, case: tuple[Any, ...]) -> Any:
+    request, headers, body, end = case
+    # The client's request stream, as its first STREAM frame would open it.
+    h3._quic._get_or_create_stream(QuicFrameType.STREAM_BASE, 0)
+    h3.handle_event(StreamDataReceived(data=request[0], end_stream=request[1], stream_id=0))
+    if combined:
+        h3.send_response(0, headers, body, end)
+    else:
+        H3Connection.send_headers(h3, 0, headers)
+        H3Connection.send_data(h3, 0, body, end)
+    if not end:
+        H3Connection.send_data(h3, 0, b"more", True)  # the stream goes on as before
+    quic = h3._quic
+    encoder = quic._streams[h3._local_encoder_stream_id].sender  # type: ignore[index]
+    sender = quic._streams[0].sender
+    state = h3._stream[0].headers_send_state if 0 in h3._stream else None
+    stream_bytes = bytes(sender._buffer), sender._buffer_fin, bytes(encoder._buffer)
+    return stream_bytes, sorted(h3._stream), state
+
+
+def test_head_and_body_in_one_write_agree_with_aioquic(dev_certs: Any) -> None:
+    """send_response puts on the request stream (and the QPACK encoder stream) the same
+    bytes and end of stream as aioquic's send_headers and send_data, and leaves the same
+    HTTP/3 stream state: for bodies empty, short, at the one-byte length boundary and
+    large, ending the stream or not, for a request whole or still coming, and for heads
+    that go into the dynamic table."""
+    encoder = pylsqpack.Encoder()
+    get = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/")]
+    whole = (encode_frame(FrameType.HEADERS, encoder.encode(0, get)[1]), True)
+    coming = (encode_frame(FrameType.HEADERS, encoder.encode(0, get)[1]), False)
+    heads = [
+        [(b":status", b"200"), (b"content-type", b"text/plain"), (b"content-length", b"13")],
+        [(b":status", b"404"), (b"x-custom", b"v" * 200), (b"set-cookie", b"id=" + b"c" * 90)],
+    ]
+    bodies = [b"", b"Hello, world!", b"x" * 63, b"x" * 64, b"x" * 16_383, b"x" * 70_000]
+    cases = 0
+
+    def fresh() -> BoundedH3Connection:
+        return _h3(BoundedH3Connection, _handshaken_server(dev_certs))
+
+    for request in (whole, coming):
+        for headers in heads:
+            for body in bodies:
+                for end in (True, False):
+                    case = (request, headers, body, end)
+                    ours = _sent(fresh(), True, case)
+                    theirs = _sent(fresh(), False, case)
+                    assert ours == theirs, (request[1], headers, len(body), end)
+                    cases += 1
+    assert cases == 48

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 import threading
@@ -318,3 +319,36 @@ def test_handshake_state_is_freed_and_late_handshake_packets_are_dropped(
         return statuses
 
     assert asyncio.run(asyncio.wait_for(scenario(), 30)) == [200, 200, 200]
+
+
+def test_aioquic_debug_records_still_come_when_debug_is_on(
+    run_server: Any, tls_config: Any, dev_certs: Any, caplog: Any
+) -> None:
+    """The connection's log adapter asks the logger before anything else (a cheaper
+    debug() on the hot path): with aioquic's logger at debug level, its records still
+    come, with the connection ID prefix; at the default level, none."""
+    running = run_server(apps.hello, quic_bind=["127.0.0.1:0"], **tls_config)
+
+    async def scenario() -> int:
+        async with connect(
+            "127.0.0.1",
+            running.quic_port,
+            configuration=client_configuration(str(dev_certs.ca_cert)),
+            create_protocol=RecordingClient,
+        ) as client:
+            return (await cast(RecordingClient, client).request("/")).status
+
+    quic_logger = logging.getLogger("quic")
+    quic_logger.addHandler(caplog.handler)  # whatever propagation another test left behind
+    try:
+        with caplog.at_level(logging.INFO, logger="quic"):
+            assert asyncio.run(asyncio.wait_for(scenario(), 30)) == 200
+        assert not [r for r in caplog.records if r.levelno == logging.DEBUG]
+        with caplog.at_level(logging.DEBUG, logger="quic"):
+            assert asyncio.run(asyncio.wait_for(scenario(), 30)) == 200
+    finally:
+        quic_logger.removeHandler(caplog.handler)
+    created = [
+        r.getMessage() for r in caplog.records if r.getMessage().endswith("created by peer")
+    ]
+    assert any(message.startswith("[") and " Stream 0 " in message for message in created)
