@@ -19,6 +19,7 @@ import pytest
 from hyperframe.frame import HeadersFrame
 
 from multiplex.errors import ClientDisconnected
+from multiplex.protocols.http2 import H2Protocol
 from tests import apps
 from tests.conftest import RunningServer, require_tool
 from tests.protocols.h2raw import GOAWAY, RawH2, request_headers
@@ -242,6 +243,43 @@ def test_concurrent_downloads_arrive_whole_and_in_order(
             response = client.responses[stream_id]
             assert response.status == 200 and response.ended
             assert bytes(response.body) == _download_body(seed)
+
+
+def _data_frames(running: RunningServer, tls: bool, path: str) -> list[tuple[bytes, bool]]:
+    """The DATA frames of one response as a client with wide-open windows sees them."""
+    sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(["h2"])
+        sock = context.wrap_socket(sock, server_hostname="localhost")
+    with H2Client(running.port, sock=sock, window=2**30) as client:
+        client.conn.increment_flow_control_window(2**30)
+        response = client.get(path, scheme="https" if tls else "http")
+        assert response.status == 200
+        return [
+            (bytes(e.data), e.stream_ended is not None)
+            for e in client.events
+            if isinstance(e, h2.events.DataReceived)
+        ]
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_data_framing_is_the_same_as_h2s(
+    run_server: RunServer, tls_config: dict[str, Any], tls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Differential: the DATA frames we frame ourselves (in batches, as views of the
+    body) are frame for frame those h2's send_data makes when our road is off."""
+    running = run_server(_download, **(tls_config if tls else {"h2c": True}))
+    ours = _data_frames(running, tls, "/dl/5")
+    monkeypatch.setattr(H2Protocol, "_frame_data", lambda self, *args: False)
+    theirs = _data_frames(running, tls, "/dl/5")
+    assert len(ours) > _DOWNLOAD_SIZE // 16384
+    assert max(len(data) for data, _ in ours) == 16384  # the client's SETTINGS_MAX_FRAME_SIZE
+    assert ours == theirs
+    assert b"".join(data for data, _ in ours) == _download_body(5)
+    assert [end for _, end in ours] == [False] * (len(ours) - 1) + [True]
 
 
 @needs_curl
