@@ -149,7 +149,7 @@ class PendingSend:
 
     __slots__ = ("data", "end", "progress", "timer", "waiter")
 
-    def __init__(self, data: bytes, end: bool, waiter: Any, now: float) -> None:
+    def __init__(self, data: bytes | memoryview, end: bool, waiter: Any, now: float) -> None:
         self.data = data
         self.end = end
         self.waiter = waiter

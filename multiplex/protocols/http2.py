@@ -114,6 +114,14 @@ class H2Protocol(PendingSends, BaseConnection):
         self._request_priority: h2.events.PriorityUpdated | None = None
         self._flush_scheduled = False
         self._unflushed = 0
+        # Output in order, for the next flush: DATA frames we framed (header and a view
+        # of the app's body, never a copy) and, before each, whatever h2 had queued. What
+        # h2 queued since the last of them is still in h2's own buffer.
+        self._out: list[bytes | bytearray | memoryview] = []
+        # TLS: one join per flush, as each piece given to the SSL transport separately
+        # would become a TLS record of its own (a 9-byte record per frame header).
+        # Cleartext: the pieces go to the kernel as they are, in one vectored write.
+        self._join_output = info.scheme == "https"
         self._goaway_last_id: int | None = None  # set once we sent a graceful GOAWAY
         self._peer_goaway = False
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -425,9 +433,27 @@ class H2Protocol(PendingSends, BaseConnection):
     def _flush(self) -> None:
         self._flush_scheduled = False
         self._unflushed = 0
-        data = self.h2.data_to_send()
-        if data and not self.closed:
-            self.transport.write(data)
+        out = self._out
+        if not out:
+            data = self.h2.data_to_send()
+            if data and not self.closed:
+                self.transport.write(data)
+            return
+        self._out = []
+        h2conn = self.h2
+        if h2conn._data_to_send:
+            out.append(h2conn._data_to_send)
+            h2conn._data_to_send = bytearray()
+        if self.closed:
+            return
+        if self._join_output:
+            self.transport.write(b"".join(out))
+        else:
+            self.transport.writelines(out)
+
+    def queued_output(self) -> int:
+        """Bytes framed but not yet handed to the transport (ours and h2's)."""
+        return sum(len(piece) for piece in self._out) + len(self.h2._data_to_send)
 
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
@@ -487,11 +513,14 @@ class H2Protocol(PendingSends, BaseConnection):
         )
         return True
 
-    def _frame_data(self, stream_id: int, data: bytes, end: bool) -> bool:
-        """One DATA frame the caller has sized to the windows and the frame size, framed
+    def _frame_data(self, stream_id: int, data: bytes | memoryview, end: bool) -> bool:
+        """DATA frames for `data`, which the caller has sized to the windows, framed
         here rather than by h2's send_data (a frame object and four state checks per
-        call). The windows are charged and the stream's state machine driven as h2 does.
-        False: not framed, h2's send_data must do it."""
+        frame): cut at the peer's frame size, the stream's state machine driven and
+        the windows charged as h2 does (SEND_DATA takes an open or half-closed stream
+        back to the same state, so one pass stands for every frame of the batch).
+        The payload is not copied: frame headers and views of `data` join `_out`, after
+        what h2 queued so far. False: not framed, h2's send_data must do it."""
         h2conn = self.h2
         stream = h2conn.streams.get(stream_id)
         if stream is None or h2conn.state_machine.state is not _SERVER_OPEN:
@@ -500,17 +529,43 @@ class H2Protocol(PendingSends, BaseConnection):
         if machine.state not in _SENDABLE:
             return False
         machine.process_input(_SEND_DATA)
-        flags = 0
         if end:
             machine.process_input(_SEND_END_STREAM)
-            flags = _END_STREAM
         size = len(data)
         stream.outbound_flow_control_window -= size
         h2conn.outbound_flow_control_window -= size
-        out = h2conn._data_to_send
-        out += _FRAME_HEADER.pack(size >> 16, size & 0xFFFF, _DATA, flags, stream_id)
-        out += data
+        out = self._out
+        if h2conn._data_to_send:
+            out.append(h2conn._data_to_send)  # h2's earlier output goes first
+            h2conn._data_to_send = bytearray()
+        pack = _FRAME_HEADER.pack
+        most = h2conn.max_outbound_frame_size
+        if size <= most:
+            out.append(pack(size >> 16, size & 0xFFFF, _DATA, _END_STREAM if end else 0, stream_id))
+            out.append(data)
+            return True
+        view = data if type(data) is memoryview else memoryview(data)
+        whole = size - size % most if size % most else size - most  # where the last begins
+        head = pack(most >> 16, most & 0xFFFF, _DATA, 0, stream_id)  # the same for each
+        for offset in range(0, whole, most):
+            out.append(head)
+            out.append(view[offset : offset + most])
+        rest = size - whole
+        out.append(pack(rest >> 16, rest & 0xFFFF, _DATA, _END_STREAM if end else 0, stream_id))
+        out.append(view[whole:])
         return True
+
+    def _h2_send_data(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
+        """h2's own road, frame by frame: it raises what a stream or connection that
+        cannot send deserves."""
+        h2conn = self.h2
+        if not data:
+            h2conn.send_data(stream_id, b"", end_stream=end)
+            return
+        most = h2conn.max_outbound_frame_size
+        for offset in range(0, len(data), most):
+            chunk = data[offset : offset + most]
+            h2conn.send_data(stream_id, bytes(chunk), end_stream=end and offset + most >= len(data))
 
     async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
         if self.closed:
@@ -522,24 +577,27 @@ class H2Protocol(PendingSends, BaseConnection):
                     h2conn.end_stream(stream_id)
                     self._schedule_flush()
                 return
+            rest: bytes | memoryview = data
             if not self._sched and not self.write_paused:
                 # Nobody else is waiting to send: no order to keep, straight to h2.
-                data = self._send_now(stream_id, data, end)
-                if not data:
+                rest = self._send_now(stream_id, data, end)
+                if not rest:
                     return
         except h2.exceptions.ProtocolError:
             raise ClientDisconnected(f"stream {stream_id} closed by the client") from None
         # Wait for a turn: the scheduler orders this stream among the others waiting.
-        await self._wait_turn(stream_id, data, end)
+        await self._wait_turn(stream_id, rest, end)
 
-    def _send_now(self, stream_id: int, data: bytes, end: bool) -> bytes:
+    def _send_now(self, stream_id: int, data: bytes | memoryview, end: bool) -> bytes | memoryview:
         """Send what the windows allow at once; what is left over."""
         h2conn = self.h2
+        if len(data) > h2conn.max_outbound_frame_size:
+            data = memoryview(data)  # frames are views of the body, not copies
         while data:
             window = h2conn.local_flow_control_window(stream_id)
             if window <= 0:
                 return data
-            size = min(window, len(data), h2conn.max_outbound_frame_size)
+            size = min(window, len(data), self._batch_room())
             if size < TINY_FRAME and size == window and self._dribbled():
                 return data
             if size == len(data):
@@ -548,11 +606,18 @@ class H2Protocol(PendingSends, BaseConnection):
                 chunk, data = data[:size], data[size:]
             last = end and not data
             if not self._frame_data(stream_id, chunk, last):
-                h2conn.send_data(stream_id, chunk, end_stream=last)
+                self._h2_send_data(stream_id, chunk, last)
             self._sent(size)
             if self.write_paused:
                 return data
         return data
+
+    def _batch_room(self) -> int:
+        """How much to frame in one go: whole frames up to the flush threshold, so
+        that what we hold unflushed stays under FLUSH_THRESHOLD plus one frame."""
+        most = self.h2.max_outbound_frame_size
+        frames = (FLUSH_THRESHOLD - self._unflushed + most - 1) // most
+        return most * max(frames, 1)
 
     def _dribbled(self) -> bool:
         """A DATA frame cut tiny by a tiny window: data dribble (CVE-2019-9511) makes us
@@ -571,7 +636,9 @@ class H2Protocol(PendingSends, BaseConnection):
 
     def _pump(self) -> None:
         """Send waiting data in priority order while the connection's window and the
-        transport take it; one frame per turn, so incremental streams interleave."""
+        transport take it: one frame per turn for an incremental stream, so that those
+        interleave; a batch for a non-incremental one, which the scheduler would pick
+        again frame after frame anyway (it keeps its place in stream order)."""
         sched = self._sched
         h2conn = self.h2
         pending_of = self._pending
@@ -590,16 +657,21 @@ class H2Protocol(PendingSends, BaseConnection):
                     self._blocked.add(stream_id)
                     continue
                 data = pending.data
-                size = min(window, len(data), h2conn.max_outbound_frame_size)
+                if sched.priority(stream_id)[1]:
+                    size = min(window, len(data), h2conn.max_outbound_frame_size)
+                else:
+                    size = min(window, len(data), self._batch_room())
                 if size < TINY_FRAME and size == window and self._dribbled():
                     return
                 if size == len(data):
                     chunk, data = data, b""
                 else:
+                    if type(data) is bytes:
+                        data = memoryview(data)  # frames are views of the body, not copies
                     chunk, data = data[:size], data[size:]
                 last = pending.end and not data
                 if not self._frame_data(stream_id, chunk, last):
-                    h2conn.send_data(stream_id, chunk, end_stream=last)
+                    self._h2_send_data(stream_id, chunk, last)
             except h2.exceptions.ProtocolError:
                 self._fail_pending(stream_id, "closed by the client")
                 continue

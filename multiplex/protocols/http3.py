@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import ProtocolError, encode_frame
@@ -485,7 +485,9 @@ class H3Protocol(PendingSends):
             incremental = sched.priority(stream_id)[1]
             most = INCREMENTAL_CHUNK if incremental else len(pending.data)
             try:
-                rest = self._hand_over(stream_id, pending.data, pending.end, most)
+                # HTTP/3 queues bytes only (views of a body are HTTP/2's framing).
+                data = cast(bytes, pending.data)
+                rest = self._hand_over(stream_id, data, pending.end, most)
             except ClientDisconnected as exc:
                 self._fail_pending(stream_id, str(exc))
                 continue

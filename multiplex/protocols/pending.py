@@ -35,7 +35,7 @@ class PendingSends:
     def _check_stall(self, stream_id: int, pending: PendingSend) -> None:
         raise NotImplementedError
 
-    async def _wait_turn(self, stream_id: int, data: bytes, end: bool) -> None:
+    async def _wait_turn(self, stream_id: int, data: bytes | memoryview, end: bool) -> None:
         """Queue what could not be sent at once and wait until it has all gone to the
         library: the scheduler orders this stream among the others waiting."""
         waiter = self.loop.create_future()

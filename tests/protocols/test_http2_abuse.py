@@ -508,7 +508,7 @@ def _queued(running: RunningServer) -> int:
         running.call(
             lambda: max(
                 (
-                    c.transport.get_write_buffer_size() + len(c.h2._data_to_send)
+                    c.transport.get_write_buffer_size() + c.queued_output()
                     for c in state.connections
                     if isinstance(c, H2Protocol) and not c.closed
                 ),
@@ -573,7 +573,7 @@ async def fifty_mib(scope: dict[str, Any], receive: Any, send: Any) -> None:
         _producing["sent"] += len(chunk)
         for c in state.connections:
             if isinstance(c, H2Protocol) and not c.closed:
-                queued = c.transport.get_write_buffer_size() + len(c.h2._data_to_send)
+                queued = c.transport.get_write_buffer_size() + c.queued_output()
                 _producing["max"] = max(_producing["max"], queued)
     await send({"type": "http.response.body", "body": b""})
 
