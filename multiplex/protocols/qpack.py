@@ -261,17 +261,21 @@ class BoundedH3Connection(H3Connection):
             self._quic.send_stream_data(self._local_encoder_stream_id, encoder)
         return frame_data
 
+    def _final_head_short_road(self, stream: H3Stream, headers: Any) -> bool:
+        """Whether a head may skip aioquic's send_headers: the stream's first head, a
+        final one, and no qlog to write."""
+        return (
+            stream.headers_send_state == HeadersState.INITIAL
+            and self._quic_logger is None
+            and not is_interim_response(headers)
+        )
+
     def send_headers(self, stream_id: int, headers: Any, end_stream: bool = False) -> None:
         """aioquic's send_headers, without its context manager, for the usual case: a
         final response head on a request stream (interim heads, trailers, pushes, qlog
         and anything unusual take aioquic's own path)."""
         stream = self._stream.get(stream_id)
-        if (
-            stream is None
-            or stream.headers_send_state != HeadersState.INITIAL
-            or self._quic_logger is not None
-            or is_interim_response(headers)
-        ):
+        if stream is None or not self._final_head_short_road(stream, headers):
             super().send_headers(stream_id, headers, end_stream)
             return
         if end_stream:
@@ -309,12 +313,7 @@ class BoundedH3Connection(H3Connection):
         short road above: the usual response's head and body cost aioquic one
         send_stream_data instead of two. Anything else takes the two calls."""
         stream = self._stream.get(stream_id)
-        if (
-            stream is None
-            or stream.headers_send_state != HeadersState.INITIAL
-            or self._quic_logger is not None
-            or is_interim_response(headers)
-        ):
+        if stream is None or not self._final_head_short_road(stream, headers):
             self.send_headers(stream_id, headers)
             self.send_data(stream_id, data, end_stream)
             return

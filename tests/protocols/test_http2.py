@@ -210,6 +210,18 @@ async def _download(scope: Scope, receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": chunk, "more_body": offset < len(body)})
 
 
+def _h2_socket(running: RunningServer, tls: bool) -> socket.socket:
+    """A connection to the server, TLS with ALPN h2 or cleartext for h2c."""
+    sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(["h2"])
+        sock = context.wrap_socket(sock, server_hostname="localhost")
+    return sock
+
+
 @pytest.mark.parametrize("window", [65535, 2**30])
 @pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
 def test_concurrent_downloads_arrive_whole_and_in_order(
@@ -220,13 +232,7 @@ def test_concurrent_downloads_arrive_whole_and_in_order(
     (small window) or frame straight away (large), whether TLS joins the frames or
     cleartext writes them as they are."""
     running = run_server(_download, **(tls_config if tls else {"h2c": True}))
-    sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.set_alpn_protocols(["h2"])
-        sock = context.wrap_socket(sock, server_hostname="localhost")
+    sock = _h2_socket(running, tls)
     with H2Client(running.port, sock=sock, window=window) as client:
         if window > 65535:
             client.conn.increment_flow_control_window(window - 65535)
@@ -247,13 +253,7 @@ def test_concurrent_downloads_arrive_whole_and_in_order(
 
 def _data_frames(running: RunningServer, tls: bool, path: str) -> list[tuple[bytes, bool]]:
     """The DATA frames of one response as a client with wide-open windows sees them."""
-    sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.set_alpn_protocols(["h2"])
-        sock = context.wrap_socket(sock, server_hostname="localhost")
+    sock = _h2_socket(running, tls)
     with H2Client(running.port, sock=sock, window=2**30) as client:
         client.conn.increment_flow_control_window(2**30)
         response = client.get(path, scheme="https" if tls else "http")
