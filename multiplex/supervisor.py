@@ -104,9 +104,9 @@ class Supervisor:
         self.worker_config = self._resolve(config)
         # Per worker slot, per TCP bind: the listening sockets that slot's workers
         # inherit, one generation after the other (None: to be made at the next spawn).
-        self.slots: list[dict[int, list[socket.socket]] | None] = [None] * self.count
-        for slot in range(self.count):
-            self.slots[slot] = self._checked_slot_sockets()
+        self.slots: list[dict[int, list[socket.socket]] | None] = [
+            self._checked_slot_sockets() for _ in range(self.count)
+        ]
         self.stopping = False
         self.reloading = False
         self.failures = 0  # workers that died early in a row

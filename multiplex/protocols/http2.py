@@ -440,16 +440,20 @@ class H2Protocol(PendingSends, BaseConnection):
                 self.transport.write(data)
             return
         self._out = []
-        h2conn = self.h2
-        if h2conn._data_to_send:
-            out.append(h2conn._data_to_send)
-            h2conn._data_to_send = bytearray()
+        self._take_h2_output(out)
         if self.closed:
             return
         if self._join_output:
             self.transport.write(b"".join(out))
         else:
             self.transport.writelines(out)
+
+    def _take_h2_output(self, out: list[bytes | bytearray | memoryview]) -> None:
+        """Move what h2 has queued so far to the end of `out`, to keep the order."""
+        h2conn = self.h2
+        if h2conn._data_to_send:
+            out.append(h2conn._data_to_send)
+            h2conn._data_to_send = bytearray()
 
     def queued_output(self) -> int:
         """Bytes framed but not yet handed to the transport (ours and h2's)."""
@@ -535,9 +539,7 @@ class H2Protocol(PendingSends, BaseConnection):
         stream.outbound_flow_control_window -= size
         h2conn.outbound_flow_control_window -= size
         out = self._out
-        if h2conn._data_to_send:
-            out.append(h2conn._data_to_send)  # h2's earlier output goes first
-            h2conn._data_to_send = bytearray()
+        self._take_h2_output(out)  # h2's earlier output goes first
         pack = _FRAME_HEADER.pack
         most = h2conn.max_outbound_frame_size
         if size <= most:
@@ -545,7 +547,7 @@ class H2Protocol(PendingSends, BaseConnection):
             out.append(data)
             return True
         view = data if type(data) is memoryview else memoryview(data)
-        whole = size - size % most if size % most else size - most  # where the last begins
+        whole = (size - 1) // most * most  # where the last frame begins
         head = pack(most >> 16, most & 0xFFFF, _DATA, 0, stream_id)  # the same for each
         for offset in range(0, whole, most):
             out.append(head)

@@ -150,6 +150,13 @@ _SHORT_DATA_HEADERS = [bytes((FrameType.DATA, n)) for n in range(64)]
 _DATA_TYPE = encode_uint_var(FrameType.DATA)
 
 
+def _data_frame_head(size: int) -> bytes:
+    """The type and length that come before a DATA frame's payload of `size` bytes."""
+    if size < 64:
+        return _SHORT_DATA_HEADERS[size]
+    return _DATA_TYPE + encode_uint_var(size)
+
+
 class ExcessiveLoad(ProtocolError):
     error_code = ErrorCode.H3_EXCESSIVE_LOAD
 
@@ -278,12 +285,10 @@ class BoundedH3Connection(H3Connection):
         if stream is None or not self._final_head_short_road(stream, headers):
             super().send_headers(stream_id, headers, end_stream)
             return
-        if end_stream:
-            stream.finish_sending()
         frame = encode_frame(FrameType.HEADERS, self._encode_headers(stream_id, headers))
         stream.headers_send_state = HeadersState.AFTER_HEADERS
-        if stream.is_ended():
-            del self._stream[stream_id]  # as aioquic forgets a stream done both ways
+        if end_stream:
+            self._end_sending(stream)
         self._quic.send_stream_data(stream_id, frame, end_stream)
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
@@ -298,15 +303,8 @@ class BoundedH3Connection(H3Connection):
             super().send_data(stream_id, data, end_stream)
             return
         if end_stream:
-            stream.finish_sending()
-            if stream.is_ended():
-                del self._stream[stream_id]
-        size = len(data)
-        if size < 64:
-            frame = _SHORT_DATA_HEADERS[size] + data
-        else:
-            frame = encode_frame(FrameType.DATA, data)
-        self._quic.send_stream_data(stream_id, frame, end_stream)
+            self._end_sending(stream)
+        self._quic.send_stream_data(stream_id, _data_frame_head(len(data)) + data, end_stream)
 
     def send_response(self, stream_id: int, headers: Any, data: bytes, end_stream: bool) -> None:
         """`send_headers` then `send_data`, as one write to QUIC where both take the
@@ -320,15 +318,16 @@ class BoundedH3Connection(H3Connection):
         head = encode_frame(FrameType.HEADERS, self._encode_headers(stream_id, headers))
         stream.headers_send_state = HeadersState.AFTER_HEADERS
         if end_stream:
-            stream.finish_sending()
-            if stream.is_ended():
-                del self._stream[stream_id]
-        size = len(data)
-        if size < 64:
-            frames = head + _SHORT_DATA_HEADERS[size] + data
-        else:  # one copy of a large body, not two
-            frames = b"".join((head, _DATA_TYPE, encode_uint_var(size), data))
+            self._end_sending(stream)
+        frames = b"".join((head, _data_frame_head(len(data)), data))  # one copy of the body
         self._quic.send_stream_data(stream_id, frames, end_stream)
+
+    def _end_sending(self, stream: H3Stream) -> None:
+        """The stream's last bytes are going out: forget it if it is done both ways, as
+        aioquic's context manager would."""
+        stream.finish_sending()
+        if stream.is_ended():
+            del self._stream[stream.stream_id]
 
     def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> Any:
         # frame_data is None when a blocked block resumes: it was measured on arrival.

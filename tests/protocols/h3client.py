@@ -287,6 +287,7 @@ async def h3_connect(
     slow_reader: bool = False,
     host: str = "127.0.0.1",
     timeout: float = 10,
+    protocol: type[H3Client] = H3Client,
 ) -> AsyncIterator[H3Client]:
     """An HTTP/3 connection to `host:port`, closed (CONNECTION_CLOSE) on exit."""
     if configuration is None:
@@ -302,7 +303,7 @@ async def h3_connect(
             host,
             port,
             configuration=configuration,
-            create_protocol=H3Client,
+            create_protocol=protocol,
             session_ticket_handler=session_ticket_handler,
         )
         client = cast(H3Client, await asyncio.wait_for(manager.__aenter__(), timeout))

@@ -11,12 +11,11 @@ import time
 from typing import Any, cast
 
 import httpx
-from aioquic.asyncio.client import connect
 from aioquic.tls import Epoch
 
 from tests import apps
 from tests.conftest import require_tool
-from tests.protocols.h3client import H3Client, client_configuration
+from tests.protocols.h3client import H3Client, h3_connect
 
 
 class Counting:
@@ -296,11 +295,8 @@ def test_handshake_state_is_freed_and_late_handshake_packets_are_dropped(
 
     async def scenario() -> list[int]:
         statuses = []
-        async with connect(
-            "127.0.0.1",
-            running.quic_port,
-            configuration=client_configuration(str(dev_certs.ca_cert)),
-            create_protocol=RecordingClient,
+        async with h3_connect(
+            running.quic_port, str(dev_certs.ca_cert), protocol=RecordingClient
         ) as client:
             h3 = cast(RecordingClient, client)
             statuses.append((await h3.request("/")).status)
@@ -330,13 +326,8 @@ def test_aioquic_debug_records_still_come_when_debug_is_on(
     running = run_server(apps.hello, quic_bind=["127.0.0.1:0"], **tls_config)
 
     async def scenario() -> int:
-        async with connect(
-            "127.0.0.1",
-            running.quic_port,
-            configuration=client_configuration(str(dev_certs.ca_cert)),
-            create_protocol=RecordingClient,
-        ) as client:
-            return (await cast(RecordingClient, client).request("/")).status
+        async with h3_connect(running.quic_port, str(dev_certs.ca_cert)) as client:
+            return (await client.request("/")).status
 
     quic_logger = logging.getLogger("quic")
     quic_logger.addHandler(caplog.handler)  # whatever propagation another test left behind
