@@ -31,17 +31,20 @@ def measure(
     target: scenarios.Target,
     certs: tuple[str, str],
     logs: Path,
-) -> tuple[float, float]:
-    """One run: (the scenario's figure, the server's peak RSS in MiB)."""
+) -> tuple[float, float, float]:
+    """One run: (the scenario's figure, the server's peak RSS in MiB, the cores' worth
+    of CPU the server used while the load ran, warm-up included)."""
     listen = servers.Listen(target.port, scenario.tls, scenario.quic, certs[0], certs[1])
     running = servers.start(spec, listen, logs / f"{spec.name}.{scenario.key}.log")
     try:
         running.wait_ready()
+        cpu, started = running.cpu_seconds(), time.monotonic()
         try:
             value = scenario.run(target)
         except scenarios.LoadError as exc:
             raise scenarios.LoadError(f"{exc}\n--- server log ---\n{running.log_tail()}") from exc
-        return value, running.peak_rss_mib()
+        busy = (running.cpu_seconds() - cpu) / (time.monotonic() - started)
+        return value, running.peak_rss_mib(), busy
     finally:
         running.stop()
 
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     duration=args.duration,
                 )
                 try:
-                    value, rss = measure(spec, scenario, target, certs, logs)
+                    value, rss, busy = measure(spec, scenario, target, certs, logs)
                 except (scenarios.LoadError, RuntimeError) as exc:
                     cell.errors.append(str(exc).strip().splitlines()[0][:300])
                     print(f"[round {round_no + 1}] {scenario.key:17s} {spec.name:18s} FAILED")
@@ -159,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 cell.values.append(value)
                 cell.rss_mib.append(rss)
+                cell.busy.append(busy)
                 print(
                     f"[round {round_no + 1}] {scenario.key:17s} {spec.name:18s} "
-                    f"{value:12.1f} {scenario.unit:6s} peak RSS {rss:6.1f} MiB",
+                    f"{value:12.1f} {scenario.unit:6s} peak RSS {rss:6.1f} MiB "
+                    f"server CPU {busy:4.2f} cores",
                     flush=True,
                 )
 

@@ -27,6 +27,8 @@ class Cell:
 
     values: list[float] = field(default_factory=list)
     rss_mib: list[float] = field(default_factory=list)
+    # Cores' worth of CPU the server used while the load ran (1.0: one core all along).
+    busy: list[float] = field(default_factory=list)
     skipped: str = ""
     errors: list[str] = field(default_factory=list)
 
@@ -37,6 +39,15 @@ class Cell:
     @property
     def median_rss(self) -> float | None:
         return statistics.median(self.rss_mib) if self.rss_mib else None
+
+    @property
+    def per_core(self) -> float | None:
+        """The figure per core-second of server CPU, median over rounds: how much work
+        the server does for its CPU, whether or not the load generator kept it busy."""
+        rates = [
+            value / busy for value, busy in zip(self.values, self.busy, strict=True) if busy > 0
+        ]
+        return statistics.median(rates) if rates else None
 
 
 Results = dict[str, dict[str, Cell]]  # scenario key -> server name -> cell
@@ -120,7 +131,8 @@ def _cell_text(cell: Cell, base: float | None, value: float | None, baseline: bo
     if cell.skipped:
         return f"n/a ({cell.skipped})"
     if value is None:
-        return "failed"
+        # A run too short for /proc's clock ticks has no per-core figure; that is no failure.
+        return "failed" if not cell.values else "not measured"
     if baseline or base is None or base <= 0:
         return _number(value)
     return f"{_number(value)} ({value / base:.2f}{TIMES})"
@@ -185,6 +197,16 @@ def markdown(
         "",
     ]
     lines += _table(results, scenarios, names, lambda cell: cell.median_rss, with_unit=False)
+    lines += [
+        "",
+        "Per server core: each figure divided by the CPU the server's processes used while "
+        "the load ran (user + system from /proc, in cores, warm-up included), median over "
+        "rounds. Where the load generator is the limit, two servers can tie in the first "
+        "table and still differ here: this is the work done per core-second of CPU "
+        "(higher is better; the ratio is to multiplex).",
+        "",
+    ]
+    lines += _table(results, scenarios, names, lambda cell: cell.per_core, with_unit=True)
     lines += ["", "Servers as run:", ""]
     lines += [f"- {spec.name}: {spec.note}" for spec in servers if spec.note]
     errors = [

@@ -341,6 +341,19 @@ def _children_proc(pid: int) -> list[int]:
     return found
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process so far, in seconds; 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def peak_rss_kib(pid: int) -> int:
     """VmHWM (the peak resident set) of one process, in KiB; 0 if it is gone."""
     try:
@@ -381,6 +394,12 @@ class RunningServer:
         self.pids.update(_children(self.proc.pid))
         self.pids.add(self.proc.pid)
         return sum(peak_rss_kib(pid) for pid in self.pids) / 1024
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server's processes have used so far."""
+        self.pids.update(_children(self.proc.pid))
+        self.pids.add(self.proc.pid)
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
     def stop(self, timeout: float = 15.0) -> None:
         self.pids.update(_children(self.proc.pid))

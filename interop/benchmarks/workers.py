@@ -34,9 +34,7 @@ from pathlib import Path
 
 from interop.benchmarks.report import TIMES
 from interop.benchmarks.scenarios import LoadError
-from interop.benchmarks.servers import APP, ROOT, _children, free_port
-
-TICKS = os.sysconf("SC_CLK_TCK")
+from interop.benchmarks.servers import APP, ROOT, _children, cpu_seconds, free_port
 
 
 @dataclass
@@ -68,16 +66,6 @@ def spin(processes: int, seconds: float) -> int:
     for proc in procs:
         proc.join()
     return total
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of one process so far, in seconds; 0 if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def _listeners(port: int) -> int:
@@ -151,7 +139,7 @@ def measure(args: argparse.Namespace, workers: int, log: Path) -> Sample:
         if args.load == "h1":  # wrk has no warm-up of its own
             subprocess.run(_load_command(args, port, 1, False), capture_output=True, check=False)
         pids = [proc.pid, *_children(proc.pid)]  # the supervisor, if any, and its workers
-        before = sum(_cpu_seconds(pid) for pid in pids)
+        before = sum(cpu_seconds(pid) for pid in pids)
         load_before = os.times()
         started = time.monotonic()
         result = subprocess.run(
@@ -163,7 +151,7 @@ def measure(args: argparse.Namespace, workers: int, log: Path) -> Sample:
         )
         elapsed = time.monotonic() - started
         load_after = os.times()
-        after = sum(_cpu_seconds(pid) for pid in pids)
+        after = sum(cpu_seconds(pid) for pid in pids)
         if result.returncode != 0:
             raise LoadError(f"load generator exited {result.returncode}: {result.stderr[-800:]}")
         rate = _rate(args, result.stdout)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +68,17 @@ def test_benchmark_smoke_writes_a_table(tmp_path: Path) -> None:
             number = re.match(r"[\d,.]+", cell)
             assert number is not None, f"{scenario.key}: {cell!r}\n{text}"
             assert float(number.group(0).replace(",", "")) > 0, row
+    # Each figure per core-second of the server's CPU. A smoke run is short enough for a
+    # cell to have used less than one /proc clock tick ("not measured"), but not every cell.
+    per_core = text.split("Per server core")[1].split("Servers as run")[0]
+    numbers = 0
+    for scenario in SCENARIOS:
+        row = next(line for line in per_core.splitlines() if line.startswith(f"| {scenario.title}"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+        assert len(cells) == 3, row
+        assert all(re.match(r"[\d,.]+|not measured", cell) for cell in cells), row
+        numbers += sum(1 for cell in cells if cell[0].isdigit())
+    assert numbers > len(SCENARIOS), per_core
     table = tmp_path / "table.md"
     assert table.with_suffix(".json").exists()
     if importlib.util.find_spec("matplotlib") is not None:
@@ -82,8 +92,7 @@ def test_benchmark_smoke_runs_nghttpd_on_the_downloads_only(tmp_path: Path) -> N
     """nghttpd serves the same 1 MiB as a static file beside multiplex; it has no app,
     so the hello scenarios are n/a for it, with the reason."""
     require_tool("h2load")
-    if not Path("/usr/sbin/nghttpd").exists() and shutil.which("nghttpd") is None:
-        pytest.skip("nghttpd not installed (Debian: nghttp2-server)")
+    require_tool("nghttpd")  # Debian: nghttp2-server, in /usr/sbin
     scenarios = "h2-download,h2c-download,h2c-hello-c10m10"
     text = smoke_run(
         tmp_path / "table.md",
