@@ -59,7 +59,8 @@ class RunningServer:
 def require_tool(name: str) -> str:
     """The path of the external client `name`; skips the test when it is not installed,
     or fails it when MULTIPLEX_REQUIRE_TOOLS=1 (CI installs every tool)."""
-    path = shutil.which(name)
+    # Servers such as nghttpd live in /usr/sbin, which a non-root PATH may leave out.
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
     if path is None:
         message = f"{name} not installed"
         if os.environ.get("MULTIPLEX_REQUIRE_TOOLS") == "1":
