@@ -12,6 +12,7 @@ import logging
 import struct
 from typing import Any
 
+import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
@@ -23,7 +24,7 @@ from h2.stream import StreamInputs, StreamState
 from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame
 
 from multiplex.errors import ClientDisconnected
-from multiplex.protocols import h2fields
+from multiplex.protocols import h2decode, h2fields
 from multiplex.protocols.base import BaseConnection
 from multiplex.protocols.fields import STATUS, request_from_fields, response_fields
 from multiplex.protocols.h2encode import encode_block
@@ -74,6 +75,12 @@ class _Connection(h2.connection.H2Connection):
     receiving, are resets the peer provoked: MadeYouReset)."""
 
     resets_sent = 0
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config)
+        # hpack's decoder with a short road for blocks of indexed fields (h2decode);
+        # a class swap, so that the state h2's __init__ gave it stays as it is.
+        self.decoder.__class__ = h2decode.Decoder
 
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
         for frame in frames:
