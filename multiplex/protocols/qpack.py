@@ -56,16 +56,40 @@ STATIC_ENTRY_BOUND = 128
 # a name is lowercase visible ASCII with a colon only in first place; a value has no
 # NUL, CR or LF and neither starts nor ends with a space or tab.
 _NAME_OK = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]*").fullmatch
-_VALUE_BAD = re.compile(rb"[\x00\n\r]|\A[\t ]|[\t ]\Z").search
+# Written as what a good value is (empty, or a first and last byte that are neither
+# whitespace nor NUL, CR, LF, with none of those three between): one left-to-right pass.
+# The same rule as a search for what is bad ("[\x00\n\r]|\A[\t ]|[\t ]\Z") tries
+# three alternatives at every byte: 0.56 against 0.26 us a value (timeit, six usual
+# request values).
+_VALUE_OK = re.compile(rb"[^\x00\n\r\t ](?:[^\x00\n\r]*[^\x00\n\r\t ])?|").fullmatch
+# The field names of QPACK's static table (RFC 9204 appendix A), plus :protocol, host,
+# te and priority: the names nearly every request carries, known good, so a set lookup
+# (about 30 ns) saves the regular expression (about 200 ns) for them. Checked against _NAME_OK below.
+_KNOWN_GOOD_NAMES = frozenset(
+    b"""
+    :authority :path :method :scheme :status :protocol age content-disposition
+    content-length cookie date etag if-modified-since if-none-match last-modified link
+    location referer set-cookie accept accept-encoding accept-ranges
+    access-control-allow-headers access-control-allow-origin cache-control content-encoding
+    content-type range strict-transport-security vary x-content-type-options
+    x-xss-protection accept-language access-control-allow-credentials
+    access-control-allow-methods access-control-expose-headers
+    access-control-request-headers access-control-request-method alt-svc authorization
+    content-security-policy early-data expect-ct forwarded if-range origin purpose server
+    timing-allow-origin upgrade-insecure-requests user-agent x-forwarded-for
+    x-frame-options host te priority
+    """.split()
+)
+assert all(_NAME_OK(name) is not None for name in _KNOWN_GOOD_NAMES)
 
 
 def fast_validate_header_name(key: bytes) -> None:
-    if _NAME_OK(key) is None:
+    if key not in _KNOWN_GOOD_NAMES and _NAME_OK(key) is None:
         h3_connection.validate_header_name(key)  # raises aioquic's own MessageError
 
 
 def fast_validate_header_value(key: bytes, value: bytes) -> None:
-    if _VALUE_BAD(value) is not None:
+    if _VALUE_OK(value) is None:
         h3_connection.validate_header_value(key, value)  # raises aioquic's own MessageError
 
 
@@ -118,7 +142,7 @@ def _validate_request_headers(headers: Any, stream: Any = None) -> None:
     regular = False
     authority = path = b""
     for key, value in headers:
-        if _NAME_OK(key) is None or _VALUE_BAD(value) is not None:
+        if (key not in _KNOWN_GOOD_NAMES and _NAME_OK(key) is None) or _VALUE_OK(value) is None:
             break
         if key[:1] == b":":
             if regular or key not in _REQUEST_PSEUDO_ALLOWED or key in seen:
