@@ -38,7 +38,8 @@ from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 
-from multiplex.protocols.fields import FIELD_OVERHEAD
+from multiplex.protocols.fields import FIELD_OVERHEAD, build_request, request_from_fields
+from multiplex.streams.seam import Headers, Request
 
 logger = logging.getLogger("multiplex")
 
@@ -170,6 +171,68 @@ def _validate_request_headers(headers: Any, stream: Any = None) -> None:
 
 
 _NAMESPACE["validate_request_headers"] = _validate_request_headers
+
+
+def validated_request(
+    headers: Headers, stream: H3Stream, webtransport: bool, max_size: int
+) -> Request | int:
+    """`_validate_request_headers` and then `fields.request_from_fields`, in one walk
+    over the usual request's fields instead of two: what the check passes is noted for
+    the request on the way. Anything the one-pass check would send to aioquic's
+    validate_headers takes both functions in turn, and so raises aioquic's error."""
+    seen: set[bytes] = set()
+    regular = host = expect = False
+    method = authority = path = protocol = b""
+    out: Headers = []
+    cookies: list[bytes] = []
+    size = 0
+    for key, value in headers:
+        if (key not in _KNOWN_GOOD_NAMES and _NAME_OK(key) is None) or _VALUE_OK(value) is None:
+            break
+        size += len(key) + len(value) + FIELD_OVERHEAD
+        if key[:1] == b":":
+            if regular or key not in _REQUEST_PSEUDO_ALLOWED or key in seen:
+                break
+            seen.add(key)
+            if key == b":method":
+                method = value
+            elif key == b":path":
+                path = value
+            elif key == b":authority":
+                authority = value
+            elif key == b":protocol":
+                protocol = value
+        elif key in _REQUEST_FIELDS_CHECKED:
+            break
+        else:
+            regular = True
+            if key == b"cookie":
+                cookies.append(value)
+                continue
+            if key == b"host":
+                host = True
+            elif key == b"expect" and not expect:
+                expect = value.lower() == b"100-continue"
+            out.append((key, value))
+    else:
+        if _REQUEST_PSEUDO_REQUIRED <= seen and authority and path:
+            return build_request(
+                method,
+                path,
+                authority,
+                protocol,
+                out,
+                cookies,
+                host,
+                expect,
+                size,
+                webtransport,
+                max_size,
+            )
+    _validate_request_headers(headers, stream)
+    return request_from_fields(headers, webtransport, max_size)
+
+
 # A frame 0x00 (DATA) header for payloads under 64 bytes: one varint byte of length.
 _SHORT_DATA_HEADERS = [bytes((FrameType.DATA, n)) for n in range(64)]
 _DATA_TYPE = encode_uint_var(FrameType.DATA)
@@ -202,6 +265,10 @@ class BoundedH3Connection(H3Connection):
         # Read by _get_local_settings(), which the base __init__ calls to send SETTINGS.
         self._limits = (max_table_capacity, blocked_streams, max_field_section_size)
         self._client = client
+        self._webtransport = enable_webtransport
+        # Requests built by the short road's field check (`validated_request`), by
+        # stream, until the protocol takes them with their HeadersReceived event.
+        self.requests: dict[int, Request | int] = {}
         super().__init__(quic, enable_webtransport=enable_webtransport)
         self._max_table_capacity = max_table_capacity
         self._blocked_streams = blocked_streams
@@ -277,7 +344,11 @@ class BoundedH3Connection(H3Connection):
             stream.blocked_frame_size = len(frame_data)
             stream.blocked_frame_type = FrameType.HEADERS
             return []
-        _validate_request_headers(headers, stream)
+        # Checked and made into the request in one walk; the protocol takes it from
+        # `requests` when it gets the event.
+        self.requests[stream_id] = validated_request(
+            headers, stream, self._webtransport, self.max_field_section_size
+        )
         if stream_ended:
             self._check_content_length(stream)
         stream.headers_recv_state = HeadersState.AFTER_HEADERS
