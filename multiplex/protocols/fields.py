@@ -63,6 +63,36 @@ def request_from_fields(
             elif name == b"expect" and not expect:
                 expect = value.lower() == b"100-continue"
             headers.append((name, value))
+    return build_request(
+        method,
+        path,
+        authority,
+        protocol,
+        headers,
+        cookies,
+        host,
+        expect,
+        size,
+        webtransport,
+        max_size,
+    )
+
+
+def build_request(
+    method: bytes,
+    path: bytes,
+    authority: bytes,
+    protocol: bytes,
+    headers: Headers,
+    cookies: list[bytes],
+    host: bool,
+    expect: bool,
+    size: int,
+    webtransport: bool,
+    max_size: int,
+) -> Request | int:
+    """The end of `request_from_fields`, from what its walk over the fields noted (and
+    HTTP/3's walk that also checks them: `qpack.validated_request`)."""
     if max_size and size > max_size:
         return 431
     if cookies:

@@ -201,6 +201,8 @@ class H3Protocol(PendingSends):
 
     def _on_headers(self, event: HeadersReceived) -> None:
         stream_id = event.stream_id
+        # Built while the fields were checked, when they came the short road.
+        built = self.h3.requests.pop(stream_id, None) if self.h3.requests else None
         stream = self.streams.get(stream_id)
         if stream is not None:
             # Trailers: ASGI has none for requests; only their end of stream matters.
@@ -215,7 +217,11 @@ class H3Protocol(PendingSends):
             self._highest_request_id = stream_id
         early = not self.quic.handshake_complete
         limit = self.config.quic_max_field_section_size
-        request = request_from_fields(event.headers, self.config.webtransport, limit)
+        request = (
+            built
+            if built is not None
+            else request_from_fields(event.headers, self.config.webtransport, limit)
+        )
         if isinstance(request, int):
             if request == 431:
                 # RFC 9114 section 4.2.2: the decoded header list is over our limit.

@@ -38,7 +38,8 @@ from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 
-from multiplex.protocols.fields import FIELD_OVERHEAD
+from multiplex.protocols.fields import FIELD_OVERHEAD, build_request, request_from_fields
+from multiplex.streams.seam import Headers, Request
 
 logger = logging.getLogger("multiplex")
 
@@ -56,16 +57,41 @@ STATIC_ENTRY_BOUND = 128
 # a name is lowercase visible ASCII with a colon only in first place; a value has no
 # NUL, CR or LF and neither starts nor ends with a space or tab.
 _NAME_OK = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]*").fullmatch
-_VALUE_BAD = re.compile(rb"[\x00\n\r]|\A[\t ]|[\t ]\Z").search
+# Written as what a good value is (empty, or a first and last byte that are neither
+# whitespace nor NUL, CR, LF, with none of those three between): one left-to-right pass.
+# The same rule as a search for what is bad ("[\x00\n\r]|\A[\t ]|[\t ]\Z") tries
+# three alternatives at every byte: 0.56 against 0.26 us a value (timeit, six usual
+# request values).
+_VALUE_OK = re.compile(rb"[^\x00\n\r\t ](?:[^\x00\n\r]*[^\x00\n\r\t ])?|").fullmatch
+# The field names of QPACK's static table (RFC 9204 appendix A), plus :protocol, host,
+# te and priority: the names nearly every request carries, known good, so a set lookup
+# (about 30 ns) saves the regular expression (about 200 ns) for them. Checked against
+# _NAME_OK below.
+_KNOWN_GOOD_NAMES = frozenset(
+    b"""
+    :authority :path :method :scheme :status :protocol age content-disposition
+    content-length cookie date etag if-modified-since if-none-match last-modified link
+    location referer set-cookie accept accept-encoding accept-ranges
+    access-control-allow-headers access-control-allow-origin cache-control content-encoding
+    content-type range strict-transport-security vary x-content-type-options
+    x-xss-protection accept-language access-control-allow-credentials
+    access-control-allow-methods access-control-expose-headers
+    access-control-request-headers access-control-request-method alt-svc authorization
+    content-security-policy early-data expect-ct forwarded if-range origin purpose server
+    timing-allow-origin upgrade-insecure-requests user-agent x-forwarded-for
+    x-frame-options host te priority
+    """.split()
+)
+assert all(_NAME_OK(name) is not None for name in _KNOWN_GOOD_NAMES)
 
 
 def fast_validate_header_name(key: bytes) -> None:
-    if _NAME_OK(key) is None:
+    if key not in _KNOWN_GOOD_NAMES and _NAME_OK(key) is None:
         h3_connection.validate_header_name(key)  # raises aioquic's own MessageError
 
 
 def fast_validate_header_value(key: bytes, value: bytes) -> None:
-    if _VALUE_BAD(value) is not None:
+    if _VALUE_OK(value) is None:
         h3_connection.validate_header_value(key, value)  # raises aioquic's own MessageError
 
 
@@ -118,7 +144,7 @@ def _validate_request_headers(headers: Any, stream: Any = None) -> None:
     regular = False
     authority = path = b""
     for key, value in headers:
-        if _NAME_OK(key) is None or _VALUE_BAD(value) is not None:
+        if (key not in _KNOWN_GOOD_NAMES and _NAME_OK(key) is None) or _VALUE_OK(value) is None:
             break
         if key[:1] == b":":
             if regular or key not in _REQUEST_PSEUDO_ALLOWED or key in seen:
@@ -145,6 +171,68 @@ def _validate_request_headers(headers: Any, stream: Any = None) -> None:
 
 
 _NAMESPACE["validate_request_headers"] = _validate_request_headers
+
+
+def validated_request(
+    headers: Headers, stream: H3Stream, webtransport: bool, max_size: int
+) -> Request | int:
+    """`_validate_request_headers` and then `fields.request_from_fields`, in one walk
+    over the usual request's fields instead of two: what the check passes is noted for
+    the request on the way. Anything the one-pass check would send to aioquic's
+    validate_headers takes both functions in turn, and so raises aioquic's error."""
+    seen: set[bytes] = set()
+    regular = host = expect = False
+    method = authority = path = protocol = b""
+    out: Headers = []
+    cookies: list[bytes] = []
+    size = 0
+    for key, value in headers:
+        if (key not in _KNOWN_GOOD_NAMES and _NAME_OK(key) is None) or _VALUE_OK(value) is None:
+            break
+        size += len(key) + len(value) + FIELD_OVERHEAD
+        if key[:1] == b":":
+            if regular or key not in _REQUEST_PSEUDO_ALLOWED or key in seen:
+                break
+            seen.add(key)
+            if key == b":method":
+                method = value
+            elif key == b":path":
+                path = value
+            elif key == b":authority":
+                authority = value
+            elif key == b":protocol":
+                protocol = value
+        elif key in _REQUEST_FIELDS_CHECKED:
+            break
+        else:
+            regular = True
+            if key == b"cookie":
+                cookies.append(value)
+                continue
+            if key == b"host":
+                host = True
+            elif key == b"expect" and not expect:
+                expect = value.lower() == b"100-continue"
+            out.append((key, value))
+    else:
+        if _REQUEST_PSEUDO_REQUIRED <= seen and authority and path:
+            return build_request(
+                method,
+                path,
+                authority,
+                protocol,
+                out,
+                cookies,
+                host,
+                expect,
+                size,
+                webtransport,
+                max_size,
+            )
+    _validate_request_headers(headers, stream)
+    return request_from_fields(headers, webtransport, max_size)
+
+
 # A frame 0x00 (DATA) header for payloads under 64 bytes: one varint byte of length.
 _SHORT_DATA_HEADERS = [bytes((FrameType.DATA, n)) for n in range(64)]
 _DATA_TYPE = encode_uint_var(FrameType.DATA)
@@ -177,6 +265,10 @@ class BoundedH3Connection(H3Connection):
         # Read by _get_local_settings(), which the base __init__ calls to send SETTINGS.
         self._limits = (max_table_capacity, blocked_streams, max_field_section_size)
         self._client = client
+        self._webtransport = enable_webtransport
+        # Requests built by the short road's field check (`validated_request`), by
+        # stream, until the protocol takes them with their HeadersReceived event.
+        self.requests: dict[int, Request | int] = {}
         super().__init__(quic, enable_webtransport=enable_webtransport)
         self._max_table_capacity = max_table_capacity
         self._blocked_streams = blocked_streams
@@ -252,7 +344,11 @@ class BoundedH3Connection(H3Connection):
             stream.blocked_frame_size = len(frame_data)
             stream.blocked_frame_type = FrameType.HEADERS
             return []
-        _validate_request_headers(headers, stream)
+        # Checked and made into the request in one walk; the protocol takes it from
+        # `requests` when it gets the event.
+        self.requests[stream_id] = validated_request(
+            headers, stream, self._webtransport, self.max_field_section_size
+        )
         if stream_ended:
             self._check_content_length(stream)
         stream.headers_recv_state = HeadersState.AFTER_HEADERS

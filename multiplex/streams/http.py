@@ -183,7 +183,10 @@ class HTTPStream:
         if self._declared_too_large():
             self.task = start_app_task(self.server, self._too_large(run_app=False))
             return
-        self.task = start_app_task(self.server, self._run())
+        # The app task, tracked by `_run` itself: start_app_task's wrapper coroutine
+        # would cost a second coroutine and frame for every request.
+        task = self.task = asyncio.get_running_loop().create_task(self._run())
+        self.server.tasks.add(task)
 
     def feed_body(self, data: bytes) -> None:
         if self.state == RESPONSE_DONE or self.disconnected:
@@ -576,6 +579,8 @@ class HTTPStream:
     # --- the app task ----------------------------------------------------------------
 
     async def _run(self) -> None:
+        """The app task's body (see `start`); at its end it takes its own task out of
+        `server.tasks`, as start_app_task's wrapper does for other tasks."""
         try:
             await self.server.app(self.scope, self.receive, self.send)
         except ClientDisconnected:
@@ -596,14 +601,17 @@ class HTTPStream:
                     logger.error("ASGI application returned without completing its response")
                 await self._fail()
         finally:
-            if self.refusal is not None and not self.refusal.done():
-                # The 413 goes out before the stream is given up (the app may have
-                # returned at once on its http.disconnect). At shutdown, no waiting.
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(self.refusal)
-            if self.server.access_log:
-                self._log_access()
-            self.wire.stream_complete(self.stream_id)
+            try:
+                if self.refusal is not None and not self.refusal.done():
+                    # The 413 goes out before the stream is given up (the app may have
+                    # returned at once on its http.disconnect). At shutdown, no waiting.
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(self.refusal)
+                if self.server.access_log:
+                    self._log_access()
+                self.wire.stream_complete(self.stream_id)
+            finally:
+                self.server.tasks.discard(self.task)  # set in start() before this runs
 
     async def _fail(self) -> None:
         """Answer 500 if nothing went out yet, else abort the stream."""

@@ -25,6 +25,7 @@ from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import QuicFrameType
 
 from multiplex.protocols import qpack
+from multiplex.protocols.fields import request_from_fields
 from multiplex.protocols.qpack import (
     BoundedH3Connection,
     decoded_size_bound,
@@ -99,8 +100,13 @@ def _field_samples(seed: int) -> list[bytes]:
 @pytest.mark.parametrize("seed", range(3))
 def test_fast_field_checks_agree_with_aioquic(seed: int) -> None:
     """The regular-expression checks the request path uses accept and refuse exactly
-    what aioquic's byte-by-byte ones do, with aioquic's own error."""
-    for sample in _field_samples(seed):
+    what aioquic's byte-by-byte ones do, with aioquic's own error; the names taken as
+    known good without the regular expression are good by aioquic's check too."""
+    for name in qpack._KNOWN_GOOD_NAMES:
+        assert _outcome(h3_connection.validate_header_name, name) is None, name
+    known = sorted(qpack._KNOWN_GOOD_NAMES)
+    near_known = [name.upper() for name in known] + [name + b" " for name in known]
+    for sample in [*_field_samples(seed), *known, *near_known]:
         assert _outcome(fast_validate_header_name, sample) == _outcome(
             h3_connection.validate_header_name, sample
         ), sample
@@ -288,6 +294,47 @@ def test_request_field_validation_agrees_with_aioquic(seed: int) -> None:
         assert _validated(fields, qpack._validate_request_headers) == _validated(
             fields, h3_connection.validate_request_headers
         ), fields
+
+
+def _request_outcome(
+    fields: list[tuple[bytes, bytes]], webtransport: bool, max_size: int, combined: bool
+) -> tuple[Any, ...]:
+    """What a request's fields come to: aioquic's error or the request (or refusal
+    status) request_from_fields makes, and the content-length recorded on the stream."""
+    stream = h3_connection.H3Stream(0)
+    try:
+        if combined:
+            request = qpack.validated_request(fields, stream, webtransport, max_size)
+        else:
+            h3_connection.validate_request_headers(fields, stream)
+            request = request_from_fields(fields, webtransport, max_size)
+    except MessageError as exc:
+        return str(exc), stream.expected_content_length
+    if isinstance(request, int):
+        return request, stream.expected_content_length
+    made = (request.method, request.raw_target, request.headers, request.expect_continue)
+    kinds = (request.websocket, request.webtransport)
+    return made, kinds, stream.expected_content_length
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_request_built_with_the_field_check_agrees(seed: int) -> None:
+    """validated_request, one walk that checks the fields and notes the request, gives
+    what aioquic's validate_request_headers and then request_from_fields give: the same
+    error, request, refusal status (431, 405, 501) and recorded content-length."""
+    rng = random.Random(seed)
+    extra = [(b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"host", b"example.org")]
+    extra += [(b"expect", b"100-continue"), (b"expect", b"100-Continue"), (b"expect", b"x")]
+    extra += [(b"x-long", b"v" * 300), (b":protocol", b"webtransport")]
+    extra += [(b":protocol", b"chat"), (b":method", b"CONNECT"), (b"priority", b"u=1")]
+    for fields in _request_field_lists(seed):
+        for _ in range(rng.randrange(0, 4)):
+            fields.insert(rng.randrange(len(fields) + 1), rng.choice(extra))
+        webtransport = rng.random() < 0.5
+        max_size = rng.choice([0, 200, 400, 65536])
+        assert _request_outcome(fields, webtransport, max_size, True) == _request_outcome(
+            fields, webtransport, max_size, False
+        ), (fields, webtransport, max_size)
 
 
 # --- the response send path: head and body in one write against aioquic's two -----------
