@@ -40,10 +40,15 @@ def _pair(
     return theirs, ours
 
 
-def _same(blocks: list[bytes], **limits: int) -> None:
+def _same(blocks: list[bytes], **limits: int) -> int:
+    """Both decoders give the same outcome for every block; how many blocks our short
+    road answered itself (it only reads the table, so asking first changes nothing)."""
     theirs, ours = _pair(**limits)
+    short = 0
     for block in blocks:
+        short += ours._indexed_only(block) is not None
         assert _outcome(ours, block) == _outcome(theirs, block), block.hex()
+    return short
 
 
 def _requests(n: int, seed: int) -> list[list[tuple[bytes, bytes]]]:
@@ -72,7 +77,8 @@ def test_fields_a_real_encoder_sends() -> None:
         encoder = hpack.Encoder()
         blocks = [encoder.encode(fields) for fields in _requests(300, seed)]
         assert sum(all(b >= 0x80 for b in block) for block in blocks) > 100
-        _same(blocks)
+        # The short road, not hpack's decode, answered most of them.
+        assert _same(blocks) > 100
 
 
 @pytest.mark.parametrize("max_header_list_size", [0, 60, 100, 200, 300])

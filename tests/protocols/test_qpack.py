@@ -317,6 +317,39 @@ def _request_outcome(
     return made, kinds, stream.expected_content_length
 
 
+def test_a_usual_request_is_built_by_the_one_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison above would hold even if validated_request always fell back to
+    the two functions: a usual request (cookies, host, expect included) must not."""
+
+    def fallback(*args: Any) -> Any:
+        raise AssertionError("validated_request took the two-function road")
+
+    monkeypatch.setattr(qpack, "request_from_fields", fallback)
+    fields = [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", b"localhost"),
+        (b":path", b"/upload?x=1"),
+        (b"user-agent", b"x"),
+        (b"cookie", b"a=1"),
+        (b"cookie", b"b=2"),
+        (b"expect", b"100-continue"),
+    ]
+    request = qpack.validated_request(fields, h3_connection.H3Stream(0), False, 65536)
+    assert not isinstance(request, int)
+    assert (request.method, request.raw_target, request.expect_continue) == (
+        "POST",
+        b"/upload?x=1",
+        True,
+    )
+    assert request.headers == [
+        (b"host", b"localhost"),
+        (b"user-agent", b"x"),
+        (b"expect", b"100-continue"),
+        (b"cookie", b"a=1; b=2"),
+    ]
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_request_built_with_the_field_check_agrees(seed: int) -> None:
     """validated_request, one walk that checks the fields and notes the request, gives
