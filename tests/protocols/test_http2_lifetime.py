@@ -91,3 +91,49 @@ def test_a_bodyless_stream_holds_no_body_or_trailer_containers() -> None:
     for stream in streams:
         assert stream.chunks is None
         assert stream.trailer_fields is None
+
+
+def test_requests_leave_no_cyclic_garbage() -> None:
+    """What `gc_young_threshold` rests on: serving requests makes no garbage that only a
+    collection could free, so the collector has nothing to find between requests."""
+
+    async def serve_batches() -> list[int]:
+        server = ServerState(hello_app, Config(), {})
+        info = ConnectionInfo("2", "http", ("127.0.0.1", 50000), ("127.0.0.1", 8080))
+        proto = H2Protocol(server, info)
+        proto.connection_made(h2ceiling._Transport())  # type: ignore[arg-type]
+        opening, chunks = h2ceiling.client_bytes(40)
+        proto.data_received(opening)
+        found = []
+        for chunk in chunks:
+            gc.collect()
+            proto.data_received(chunk)
+            for _ in range(10):  # bounded, not timed
+                if not proto.streams:
+                    break
+                await asyncio.sleep(0)
+            assert not proto.streams
+            await asyncio.sleep(0)  # the flush
+            found.append(gc.collect())
+        return found
+
+    loop = asyncio.new_event_loop()
+    gc.disable()
+    try:
+        found = loop.run_until_complete(serve_batches())
+    finally:
+        gc.enable()
+        loop.close()
+    assert found == [0, 0, 0, 0]
+
+
+def test_the_serving_process_raises_the_young_threshold() -> None:
+    from multiplex.server import pace_collections
+
+    before = gc.get_threshold()
+    try:
+        pace_collections(Config(gc_young_threshold=12_345))
+        assert gc.get_threshold() == (12_345, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+    assert Config().gc_young_threshold == 20_000
