@@ -183,7 +183,7 @@ def markdown(
         f"Python {info['python']}",
         f"- Servers: {info['servers']} (multiplex at commit {info['commit']})",
         f"- Load generators: {info['tools']}, interop.h3load (aioquic), "
-        "interop.benchmarks.ws_client (websockets)",
+        "interop.benchmarks.ws_client (raw sockets, prebuilt frames)",
         f"- Method: each server on core 0, the load generator on core 1, loopback; "
         f"{rounds} round(s) interleaved server by server; medians. "
         f"In brackets: the ratio to multiplex (above 1.00{TIMES} the peer is faster).",
