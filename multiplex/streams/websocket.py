@@ -18,8 +18,9 @@ extended CONNECT with `:protocol websocket`) and makes this stream instead of an
   UTF-8 with 1007, protocol violations with 1002; pings keep the peer honest; the close
   handshake is bounded by `ws_close_timeout`.
 
-One writer at a time: the app's `send`, pong replies and close frames share a lock, so
-frames never interleave even while one waits for flow-control credit.
+One writer at a time: the app's `send`, pong replies and close frames pass a baton (a
+flag and a queue of waiting writers: an `asyncio.Lock` cost two coroutines and a wake-up
+per message), so frames never interleave even while one waits for flow-control credit.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class WebSocketStream:
         "fast",
         "fp",
         "info",
-        "lock",
+        "loop",
         "message_size",
         "parts",
         "ping_handle",
@@ -150,6 +151,9 @@ class WebSocketStream:
         "uncredited",
         "waiter",
         "wire",
+        "writers",
+        "writing",
+        "wsproto_busy",
     )
 
     def __init__(
@@ -181,7 +185,14 @@ class WebSocketStream:
         self.close_reason = ""
         self.closed_event = asyncio.Event()
         self.waiter: asyncio.Future[None] | None = None
-        self.lock = asyncio.Lock()
+        # Kept, not asked for: `asyncio.get_running_loop()` makes a getpid() system call
+        # each time (CPython checks for a fork), once per message in `receive`.
+        self.loop = asyncio.get_running_loop()
+        self.writing = False  # a writer holds the baton (see `_write`)
+        self.writers: deque[asyncio.Future[None]] = deque()  # waiting for it, in order
+        # wsproto holds part of a frame or message: the short road must wait (updated
+        # after each time wsproto reads, rather than asked of it for every read).
+        self.wsproto_busy = False
         self.controls: deque[tuple[bytes, bool]] = deque()  # close frames, end of stream
         # Pongs waiting to go out, in order. Bounded: a peer that pings faster than it
         # reads loses the oldest answers (RFC 6455 5.5.3 asks only for the latest).
@@ -255,7 +266,7 @@ class WebSocketStream:
     def _parse(self, data: bytes) -> None:
         fp = self.fp
         assert fp is not None
-        if self.fast and self.state == OPEN and wsproto_idle(fp):
+        if self.fast and self.state == OPEN and not self.wsproto_busy:
             queue = self.queue
             queued = len(queue)
             used = read_messages(data, self.server.config.ws_max_message_size, queue)
@@ -265,6 +276,12 @@ class WebSocketStream:
                 return
             data = data[used:]
         fp.receive_bytes(data)
+        try:
+            self._wsproto_frames(fp)
+        finally:
+            self.wsproto_busy = not wsproto_idle(fp)
+
+    def _wsproto_frames(self, fp: FrameProtocol) -> None:
         try:
             for frame in fp.received_frames():
                 opcode = frame.opcode
@@ -370,7 +387,11 @@ class WebSocketStream:
     # --- frames out --------------------------------------------------------------------
 
     async def _write(self, data: bytes, end: bool = False) -> None:
-        async with self.lock:
+        if self.writing:
+            await self._wait_turn()
+        else:
+            self.writing = True
+        try:
             if self.ended or self.disconnected:
                 if data:
                     raise ClientDisconnected(f"WebSocket {self.stream_id}: closed")
@@ -378,10 +399,37 @@ class WebSocketStream:
             if end:
                 self.ended = True
             await self.wire.send_body(self.stream_id, data, end)
+        finally:
+            if self.writers:
+                self._pass_baton()
+            else:
+                self.writing = False
+
+    async def _wait_turn(self) -> None:
+        """Wait until the writer before hands over the baton (`writing` stays set)."""
+        turn = self.loop.create_future()
+        self.writers.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._pass_baton()  # handed over, then cancelled: on to the next
+            else:
+                self.writers.remove(turn)
+            raise
+
+    def _pass_baton(self) -> None:
+        writers = self.writers
+        while writers:
+            turn = writers.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.writing = False
 
     def _kick_controls(self) -> None:
         if self.control_task is None:
-            task = self.control_task = asyncio.get_running_loop().create_task(self._send_controls())
+            task = self.control_task = self.loop.create_task(self._send_controls())
             tasks = self.server.tasks
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -416,7 +464,7 @@ class WebSocketStream:
     def _schedule_ping(self) -> None:
         interval = self.server.config.ws_ping_interval
         if interval > 0:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             self.ping_handle = loop.call_later(interval, self._send_ping)
 
     def _send_ping(self) -> None:
@@ -427,7 +475,7 @@ class WebSocketStream:
         payload = self.ping_payload = os.urandom(4)
         self.controls.append((bytes(fp.ping(payload)), False))
         self._kick_controls()
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.pong_handle = loop.call_later(self.server.config.ws_ping_timeout, self._ping_timed_out)
 
     def _pong_received(self) -> None:
@@ -464,7 +512,7 @@ class WebSocketStream:
                 return message
             if (self.state != OPEN and self.state != CONNECTING) or self.disconnected:
                 return self._disconnect_message()
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.loop.create_future()
             self.waiter = waiter
             await waiter
 
@@ -479,6 +527,18 @@ class WebSocketStream:
         state = self.state
         if state == OPEN:
             if kind == "websocket.send":
+                if self.fast:
+                    # The common case in one step: str text or bytes, no extension.
+                    text = message.get("text")
+                    if type(text) is str:
+                        if message.get("bytes") is None:
+                            await self._write(data_frame(text.encode("utf-8"), True))
+                            return
+                    elif text is None:
+                        data = message.get("bytes")
+                        if type(data) is bytes:
+                            await self._write(data_frame(data, False))
+                            return
                 await self._send_message(message)
                 return
             if kind == "websocket.close":
@@ -509,7 +569,7 @@ class WebSocketStream:
 
     def _closing_timer(self) -> None:
         """Bound the wait for the peer's answer to our close frame."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         loop.call_later(self.server.config.ws_close_timeout, self._close_timed_out)
 
     def _close_timed_out(self) -> None:
