@@ -57,6 +57,9 @@ from multiplex.streams.wsframes import data_frame, read_messages, wsproto_idle
 
 logger = logging.getLogger("multiplex")
 
+# The most bytes of app frames held back to leave in one write (see `_cork`).
+CORK_MAX = 65536
+
 # Life cycle. CONNECTING: waiting for the app to accept. OPEN: frames both ways.
 # CLOSING: we sent a close frame, the peer's has not come. CLOSED: the close handshake is
 # over (or the connection failed). RESPONSE / RESPONDED: denied with an HTTP response.
@@ -124,6 +127,8 @@ class WebSocketStream:
         "connect_delivered",
         "control_task",
         "controls",
+        "corked",
+        "corked_size",
         "disconnected",
         "early",
         "ended",
@@ -190,6 +195,10 @@ class WebSocketStream:
         self.loop = asyncio.get_running_loop()
         self.writing = False  # a writer holds the baton (see `_write`)
         self.writers: deque[asyncio.Future[None]] = deque()  # waiting for it, in order
+        # The app's frames held back while more of its input waits in `queue` (see
+        # `send`); the next write, whoever makes it, sends them first.
+        self.corked: list[bytes] = []
+        self.corked_size = 0
         # wsproto holds part of a frame or message: the short road must wait (updated
         # after each time wsproto reads, rather than asked of it for every read).
         self.wsproto_busy = False
@@ -386,18 +395,44 @@ class WebSocketStream:
 
     # --- frames out --------------------------------------------------------------------
 
+    def _cork(self, frame: bytes) -> None:
+        """Hold an app frame while more of the app's input is queued: an app that echoes
+        or answers reads the next message at once, and the frames of all it answers in
+        one go leave in one write (one system call instead of one each) when it sends
+        with the queue empty, or at the end of this loop turn, whichever comes first.
+        At most CORK_MAX bytes are held; a stream that cannot send raises as usual."""
+        if self.ended or self.disconnected:
+            raise ClientDisconnected(f"WebSocket {self.stream_id}: closed")
+        if not self.corked:
+            self.loop.call_soon(self._uncork)
+        self.corked.append(frame)
+        self.corked_size += len(frame)
+
+    def _uncork(self) -> None:
+        """The end of the loop turn: frames still held go out with the control task."""
+        if self.corked:
+            self.controls.append((b"", False))
+            self._kick_controls()
+
     async def _write(self, data: bytes, end: bool = False) -> None:
         if self.writing:
             await self._wait_turn()
         else:
             self.writing = True
         try:
+            if self.corked:  # the app's held frames came first
+                self.corked.append(data)
+                data = b"".join(self.corked)
+                self.corked = []
+                self.corked_size = 0
             if self.ended or self.disconnected:
                 if data:
                     raise ClientDisconnected(f"WebSocket {self.stream_id}: closed")
                 return
             if end:
                 self.ended = True
+            elif not data:
+                return
             await self.wire.send_body(self.stream_id, data, end)
         finally:
             if self.writers:
@@ -530,15 +565,20 @@ class WebSocketStream:
                 if self.fast:
                     # The common case in one step: str text or bytes, no extension.
                     text = message.get("text")
+                    frame = None
                     if type(text) is str:
                         if message.get("bytes") is None:
-                            await self._write(data_frame(text.encode("utf-8"), True))
-                            return
+                            frame = data_frame(text.encode("utf-8"), True)
                     elif text is None:
                         data = message.get("bytes")
                         if type(data) is bytes:
-                            await self._write(data_frame(data, False))
+                            frame = data_frame(data, False)
+                    if frame is not None:
+                        if self.queue and self.corked_size + len(frame) <= CORK_MAX:
+                            self._cork(frame)
                             return
+                        await self._write(frame)
+                        return
                 await self._send_message(message)
                 return
             if kind == "websocket.close":
