@@ -313,6 +313,7 @@ _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ZERO_ALLOWED = {
     "graceful_timeout": "cancel in-flight requests at once",
     "cert_reload_interval": "reload certificates only on SIGHUP",
+    "gc_young_threshold": "no automatic garbage collection",
 }
 
 

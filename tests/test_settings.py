@@ -167,6 +167,7 @@ def _cert_pair(tmp_path: Path) -> dict[str, str]:
         ({"write_buffer_high": 0}, "--write-buffer-high must be positive"),
         ({"h2_max_concurrent_streams": 0}, "--h2-max-concurrent-streams must be positive"),
         ({"graceful_timeout": -0.5}, "--graceful-timeout must be 0 or more"),
+        ({"gc_young_threshold": -1}, "--gc-young-threshold must be 0 or more"),
         ({"h2_max_frame_size": 16383}, "--h2-max-frame-size must be from 16384 to 16777215"),
         ({"h2_max_frame_size": 2**24}, "--h2-max-frame-size must be from 16384 to 16777215"),
         (
@@ -207,6 +208,7 @@ def test_validation_errors(tmp_path: Path, values: dict[str, Any], needle: str) 
 def test_valid_edge_values(tmp_path: Path) -> None:
     values: dict[str, Any] = {
         "graceful_timeout": 0.0,
+        "gc_young_threshold": 0,
         "h2_max_frame_size": 16_777_215,
         "h2_initial_window_size": 2**31 - 1,
         "h2_connection_window_size": 65_535,
@@ -219,6 +221,7 @@ def test_valid_edge_values(tmp_path: Path) -> None:
     }
     config = load_config(values, None, {})
     assert config.tls and config.h2_max_frame_size == 16_777_215
+    assert config.gc_young_threshold == 0
 
 
 def test_cli_values_must_be_settings() -> None:
