@@ -246,25 +246,41 @@ class HTTP1Protocol(BaseConnection):
             self._header_timer = None
         parser = self.parser
         version = parser.get_http_version()
+        upgrade = parser.should_upgrade()
         head = _Head(
             parser.get_method(),
             self._url,
             self._fields,
             version,
             version == "1.1" and parser.should_keep_alive(),
-            parser.should_upgrade(),
+            upgrade,
             self._head_size,
         )
+        if not (self.queue or self.active or upgrade or self._cycle_waiting or self.closed):
+            # Nothing waits before it (the usual, unpipelined request): handled now,
+            # not queued for _handle_events. An upgrade always queues: _upgrade_parsed
+            # looks for its head there.
+            self._on_request(head)
+            if self.closed:
+                raise _Stop  # refused: nothing more to parse
+            return
         self.held += self._head_size
         self.queue.append((_REQUEST, head))
 
     def on_body(self, body: bytes) -> None:
+        if not self.queue:
+            # The body of the request being answered, with nothing queued before it.
+            self._body_now(body)
+            return
         self.held += len(body)
         self.queue.append((_DATA, body))
 
     def on_message_complete(self) -> None:
         self._synthetic = False
         self.in_body = False
+        if not self.queue:
+            self._end_now()
+            return
         self.queue.append((_END, None))
 
     # --- input -------------------------------------------------------------------------
@@ -283,7 +299,8 @@ class HTTP1Protocol(BaseConnection):
                 self._check_reading()
             return
         self._feed(data)
-        self._handle_events()
+        if self.queue:
+            self._handle_events()
         if self.closed:
             return
         if self.in_head:
@@ -314,6 +331,8 @@ class HTTP1Protocol(BaseConnection):
             self._upgrade_parsed(data[int(exc.args[0]) :])
         except (httptools.HttpParserError, _Stop) as exc:
             self._parsing = False
+            if self.closed:
+                return  # refused from a callback (the answer is out)
             status, reason = self._stop or (400, str(exc) or type(exc).__name__)
             self.queue.append((_ERROR, (status, reason)))
         self._check_reading()
@@ -454,24 +473,10 @@ class HTTP1Protocol(BaseConnection):
             if kind == _DATA:
                 queue.popleft()
                 self.held -= len(value)
-                self.expect_100 = False
-                stream = self.stream
-                if stream is not None:
-                    self.buffered += len(value)
-                    stream.feed_body(value)
-                    if self.buffered > self.read_high and not self.read_paused:
-                        self.read_paused = True
-                        self.transport.pause_reading()
+                self._body_now(value)
             elif kind == _END:
                 queue.popleft()
-                self.request_done = True
-                if self._body_timer is not None:
-                    self._body_timer.cancel()
-                    self._body_timer = None
-                if self.stream is not None:
-                    self.stream.feed_end()
-                elif self._h2c_pending is not None:
-                    self._upgrade_h2c()
+                if self._end_now():
                     return
             elif self.active:
                 break  # the next request, its error or its upgrade wait their turn
@@ -493,6 +498,31 @@ class HTTP1Protocol(BaseConnection):
                     self._feed(rest)
         if not self.closed:
             self._check_reading()
+
+    def _body_now(self, data: bytes) -> None:
+        """Request body bytes for the request being answered."""
+        self.expect_100 = False
+        stream = self.stream
+        if stream is not None:
+            self.buffered += len(data)
+            stream.feed_body(data)
+            if self.buffered > self.read_high and not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+
+    def _end_now(self) -> bool:
+        """The end of the request being answered; True if the connection turned into
+        HTTP/2 (h2c) and this object is done."""
+        self.request_done = True
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if self.stream is not None:
+            self.stream.feed_end()
+        elif self._h2c_pending is not None:
+            self._upgrade_h2c()
+            return True
+        return False
 
     def _on_request(self, head: _Head) -> None:
         version = head.version
