@@ -113,6 +113,14 @@ _CHECKED: set[tuple[bytes, bytes]] = set()
 _CHECKED_MAX = 4096
 
 
+# Usual response heads already made (see `_encode_head`), by (status, *fields): the head
+# and its content-length. Bounded: at most _HEADS_MAX heads of at most _HEAD_CACHE_SIZE
+# bytes, emptied when full (a new date each second makes new heads).
+_HEADS: dict[tuple[Any, ...], tuple[bytes, int]] = {}
+_HEADS_MAX = 512
+_HEAD_CACHE_SIZE = 2048
+
+
 def _check_new_field(field: tuple[bytes, bytes]) -> None:
     """Check a field not yet in `_CHECKED` (RFC 9110 section 5), then remember it. Only
     the cache lookup stays inline in the loops that call this: it is the common case."""
@@ -678,6 +686,14 @@ class HTTP1Protocol(BaseConnection):
         ):
             # The usual response: one pass checks and encodes, and is the answer when the
             # app gave a plain content-length and nothing framing- or connection-related.
+            # Most responses repeat a head seen before (the same fields, the date of this
+            # second): then the head is the one made then, found by the fields themselves.
+            key = (status, *headers)
+            made = _HEADS.get(key)
+            if made is not None:
+                self._framing = _LENGTH
+                self._remaining = made[1]
+                return made[0]
             out = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
             checked = _CHECKED
             length = None
@@ -696,8 +712,13 @@ class HTTP1Protocol(BaseConnection):
             if length is not None and not special:
                 out.append(b"\r\n")
                 self._framing = _LENGTH
-                self._remaining = int(length)
-                return b"".join(out)
+                remaining = self._remaining = int(length)
+                head = b"".join(out)
+                if len(head) <= _HEAD_CACHE_SIZE:
+                    if len(_HEADS) >= _HEADS_MAX:
+                        _HEADS.clear()
+                    _HEADS[key] = (head, remaining)
+                return head
         return self._encode_head_slowly(status, headers)
 
     def _encode_head_slowly(self, status: int, headers: Headers) -> bytes:
