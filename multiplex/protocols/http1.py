@@ -73,28 +73,11 @@ class _Stop(Exception):
     """Raised from a parser callback to stop parsing (the reason is kept aside)."""
 
 
-class _Head:
-    """A parsed request head waiting its turn."""
-
-    __slots__ = ("headers", "keep_alive", "method", "size", "target", "upgrade", "version")
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: Headers,
-        version: str,
-        keep_alive: bool,
-        upgrade: bool,
-        size: int,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.version = version
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
-        self.size = size
+# A parsed request head (a tuple: made for every request, a class instance costs more):
+# method, target, fields, version, keep-alive, upgrade, size, and what on_header noted
+# on the way: the number of Host fields, Expect: 100-continue, TE: trailers.
+_Head = tuple[bytes, bytes, Headers, str, bool, bool, int, int, bool, bool]
+_METHOD, _TARGET, _FIELDS, _VERSION, _KEEP_ALIVE, _UPGRADES, _SIZE = range(7)
 
 
 class ResponseError(Exception):
@@ -156,6 +139,9 @@ class HTTP1Protocol(BaseConnection):
         self._url = b""
         self._fields: Headers = []
         self._head_size = 0
+        self._hosts = 0  # Host fields in it
+        self._expect = False  # Expect: 100-continue in it
+        self._te_trailers = False  # TE: trailers in it
         self._partial = 0  # bytes of an incomplete head so far
         self.in_head = False  # a request head has begun and is not complete
         self.in_body = False  # a request body is being parsed
@@ -220,6 +206,8 @@ class HTTP1Protocol(BaseConnection):
         self._url = b""
         self._fields = []
         self._head_size = 0
+        self._hosts = 0
+        self._expect = self._te_trailers = False
         self._partial = 0
 
     def on_url(self, url: bytes) -> None:
@@ -235,8 +223,18 @@ class HTTP1Protocol(BaseConnection):
         if self._synthetic:
             return
         fields = self._fields
-        fields.append((name.lower(), value))
+        name = name.lower()
+        fields.append((name, value))
         self._head_size += len(name) + len(value) + 4
+        # What _on_request needs to know of the fields, noted here rather than found by
+        # walks over them afterwards.
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"expect":
+            if value.lower() == b"100-continue":
+                self._expect = True
+        elif name == b"te" and _accepts_trailers(value):
+            self._te_trailers = True
         if self._head_size > self.max_head:
             self._stop = (431, "request header fields too large")
             raise _Stop
@@ -255,7 +253,7 @@ class HTTP1Protocol(BaseConnection):
         parser = self.parser
         version = parser.get_http_version()
         upgrade = parser.should_upgrade()
-        head = _Head(
+        head = (
             parser.get_method(),
             self._url,
             self._fields,
@@ -263,6 +261,9 @@ class HTTP1Protocol(BaseConnection):
             version == "1.1" and parser.should_keep_alive(),
             upgrade,
             self._head_size,
+            self._hosts,
+            self._expect,
+            self._te_trailers,
         )
         if not (self.queue or self.active or upgrade or self._cycle_waiting or self.closed):
             # Nothing waits before it (the usual, unpipelined request): handled now,
@@ -354,7 +355,7 @@ class HTTP1Protocol(BaseConnection):
                 head = value
                 break
         assert head is not None
-        if self._may_upgrade(head):
+        if self._may_upgrade(head[_METHOD], head[_FIELDS]):
             # A WebSocket or h2c request: once it is answered, the rest is the new
             # protocol's (or, if the app refuses the WebSocket, the next request).
             self._parsing = False
@@ -366,7 +367,7 @@ class HTTP1Protocol(BaseConnection):
         # skipped. A fresh parser reads that body behind a stand-in head with the same
         # framing, then whatever follows.
         framing = b""
-        for name, value in head.headers:
+        for name, value in head[_FIELDS]:
             if name == b"transfer-encoding":
                 framing = b"transfer-encoding: " + value + b"\r\n"
                 break
@@ -381,13 +382,11 @@ class HTTP1Protocol(BaseConnection):
         elif rest:
             self._feed(rest)
 
-    def _may_upgrade(self, head: _Head) -> bool:
-        if _is_websocket(head.method, head.headers):
+    def _may_upgrade(self, method: bytes, headers: Headers) -> bool:
+        if _is_websocket(method, headers):
             return True
         return (
-            self.config.h2c
-            and self.info.scheme == "http"
-            and _h2c_settings(head.headers) is not None
+            self.config.h2c and self.info.scheme == "http" and _h2c_settings(headers) is not None
         )
 
     def _check_reading(self) -> None:
@@ -490,7 +489,7 @@ class HTTP1Protocol(BaseConnection):
                 break  # the next request, its error or its upgrade wait their turn
             elif kind == _REQUEST:
                 queue.popleft()
-                self.held -= value.size
+                self.held -= value[_SIZE]
                 self._on_request(value)
             elif kind == _ERROR:
                 queue.popleft()
@@ -533,26 +532,18 @@ class HTTP1Protocol(BaseConnection):
         return False
 
     def _on_request(self, head: _Head) -> None:
-        version = head.version
+        method, target, headers, version, keep_alive, upgrade, _, hosts, expect, te = head
         if version != "1.1" and version != "1.0":
             # llhttp parses HTTP/0.9 and 2.0 request lines too; `GET / HTTP/2.0` here is
             # not a request to hand to the app (RFC 9112 section 2.3).
             self._reject(505, f"HTTP/{version} is not served here")
             return
-        headers = head.headers
-        hosts = 0
-        expect = False
-        for name, value in headers:
-            if name == b"host":
-                hosts += 1
-            elif name == b"expect" and value.lower() == b"100-continue":
-                expect = version == "1.1"
-        if hosts > 1 or (hosts == 0 and version == "1.1"):
+        if hosts != 1 and (hosts > 1 or version == "1.1"):
             # RFC 9112 section 3.2: exactly one Host in HTTP/1.1.
             self._reject(400, "an HTTP/1.1 request needs exactly one Host header")
             return
-        method = head.method
-        websocket = head.upgrade and _is_websocket(method, headers)
+        expect = expect and version == "1.1"
+        websocket = upgrade and _is_websocket(method, headers)
         if websocket:
             problem = self._websocket_problem(headers)
             if problem:
@@ -565,16 +556,16 @@ class HTTP1Protocol(BaseConnection):
         self.response_done = False
         self.http10 = version == "1.0"
         self.head_request = method == b"HEAD"
-        self.cycle_keep_alive = head.keep_alive
+        self.cycle_keep_alive = keep_alive
         self.expect_100 = expect
-        request = Request(method.decode("ascii"), head.target, headers, expect, websocket)
+        request = Request(method.decode("ascii"), target, headers, expect, websocket)
         # Trailers only to a client that said it takes them (RFC 9110 section 10.1.4), in
         # a chunked body (HTTP/1.1); no 1xx responses to an HTTP/1.0 client (section 15.2).
         if self.http10:
             request.trailers = request.early_hints = False
         else:
-            request.trailers = _accepts_trailers(headers)
-        if head.upgrade and not websocket:
+            request.trailers = te
+        if upgrade and not websocket:
             settings = _h2c_settings(headers) if self.config.h2c else None
             if settings is not None and self.info.scheme == "http":
                 # Answer over HTTP/2 once the (bodiless) request is complete.
@@ -1115,13 +1106,9 @@ def _is_websocket(method: bytes, headers: Headers) -> bool:
     return upgrade and connection
 
 
-def _accepts_trailers(headers: Headers) -> bool:
-    for name, value in headers:
-        if name == b"te" and b"trailers" in [
-            t.split(b";")[0].strip().lower() for t in value.split(b",")
-        ]:
-            return True
-    return False
+def _accepts_trailers(te: bytes) -> bool:
+    """A TE field value that names `trailers`."""
+    return b"trailers" in [t.split(b";")[0].strip().lower() for t in te.split(b",")]
 
 
 def _h2c_settings(headers: Headers) -> bytes | None:
