@@ -344,7 +344,9 @@ class HTTP1Protocol(BaseConnection):
                 return  # refused from a callback (the answer is out)
             status, reason = self._stop or (400, str(exc) or type(exc).__name__)
             self.queue.append((_ERROR, (status, reason)))
-        self._check_reading()
+        high = self.read_high
+        if self.read_paused or self.held > high or self.buffered > high:
+            self._check_reading()
 
     def _upgrade_parsed(self, rest: bytes) -> None:
         """llhttp stopped after a request asking to switch protocols (or a CONNECT),
@@ -838,8 +840,25 @@ class HTTP1Protocol(BaseConnection):
             elif self.write_paused:
                 await self.drain()
             return
+        size = len(data)
+        if self._framing == _LENGTH and size < 16384:
+            # The usual body: a content-length it fits (all of it, when it is the end).
+            remaining = self._remaining - size
+            if remaining == 0 or (remaining > 0 and not end):
+                self._remaining = remaining
+                head = self._head_out
+                if head:
+                    self._head_out = b""
+                    self.transport.write(head + data)
+                elif data:
+                    self.transport.write(data)
+                if end:
+                    self._response_complete()
+                elif self.write_paused:
+                    await self.drain()
+                return
         try:
-            out = self._frame(data, len(data)) if data else []
+            out = self._frame(data, size) if data else []
             if end:
                 out.append(self._end_bytes())
         except ResponseError as exc:
@@ -849,7 +868,7 @@ class HTTP1Protocol(BaseConnection):
         if head:
             self._head_out = b""
             out.insert(0, head)
-        if len(data) < 16384:
+        if size < 16384:
             self.transport.write(b"".join(out))
         else:
             self.transport.writelines(out)
@@ -1027,7 +1046,7 @@ class HTTP1Protocol(BaseConnection):
         if self.queue:
             # Pipelined requests already parsed: the next one after this loop turn.
             self.loop.call_soon(self._handle_events)
-        else:
+        elif self.read_paused or self.held > self.read_high:
             self._check_reading()
         if self.in_head and self._header_timer is None:
             self._header_timer = self.loop.call_later(
