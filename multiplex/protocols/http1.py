@@ -32,7 +32,7 @@ from wsproto.utilities import generate_accept_token
 
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.base import BaseConnection
-from multiplex.streams import open_stream
+from multiplex.streams import HTTPStream, open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Stream
 
 logger = logging.getLogger("multiplex")
@@ -77,7 +77,6 @@ class _Stop(Exception):
 # method, target, fields, version, keep-alive, upgrade, size, and what on_header noted
 # on the way: the number of Host fields, Expect: 100-continue, TE: trailers.
 _Head = tuple[bytes, bytes, Headers, str, bool, bool, int, int, bool, bool]
-_METHOD, _TARGET, _FIELDS, _VERSION, _KEEP_ALIVE, _UPGRADES, _SIZE = range(7)
 
 
 class ResponseError(Exception):
@@ -357,7 +356,7 @@ class HTTP1Protocol(BaseConnection):
                 head = value
                 break
         assert head is not None
-        if self._may_upgrade(head[_METHOD], head[_FIELDS]):
+        if self._may_upgrade(head[0], head[2]):
             # A WebSocket or h2c request: once it is answered, the rest is the new
             # protocol's (or, if the app refuses the WebSocket, the next request).
             self._parsing = False
@@ -369,7 +368,7 @@ class HTTP1Protocol(BaseConnection):
         # skipped. A fresh parser reads that body behind a stand-in head with the same
         # framing, then whatever follows.
         framing = b""
-        for name, value in head[_FIELDS]:
+        for name, value in head[2]:
             if name == b"transfer-encoding":
                 framing = b"transfer-encoding: " + value + b"\r\n"
                 break
@@ -387,9 +386,7 @@ class HTTP1Protocol(BaseConnection):
     def _may_upgrade(self, method: bytes, headers: Headers) -> bool:
         if _is_websocket(method, headers):
             return True
-        return (
-            self.config.h2c and self.info.scheme == "http" and _h2c_settings(headers) is not None
-        )
+        return self.config.h2c and self.info.scheme == "http" and _h2c_settings(headers) is not None
 
     def _check_reading(self) -> None:
         """Stop reading while too much waits (pipelined requests, or body the app has
@@ -491,7 +488,7 @@ class HTTP1Protocol(BaseConnection):
                 break  # the next request, its error or its upgrade wait their turn
             elif kind == _REQUEST:
                 queue.popleft()
-                self.held -= value[_SIZE]
+                self.held -= value[6]
                 self._on_request(value)
             elif kind == _ERROR:
                 queue.popleft()
@@ -580,7 +577,11 @@ class HTTP1Protocol(BaseConnection):
             info = ConnectionInfo(
                 "1.0", old.scheme, old.client, old.server, old.extensions, old.response_headers
             )
-        stream = open_stream(self, self.stream_id, request, info, self.server)
+        stream: Stream
+        if websocket:
+            stream = open_stream(self, self.stream_id, request, info, self.server)
+        else:
+            stream = HTTPStream(self, self.stream_id, request, info, self.server)
         self.stream = stream
         stream.start()
 

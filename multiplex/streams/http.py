@@ -16,8 +16,8 @@ import os
 import stat
 import time
 from collections import deque
-from email.utils import formatdate
 from collections.abc import Coroutine
+from email.utils import formatdate
 from typing import Any, cast
 
 from multiplex.errors import ClientDisconnected
@@ -471,7 +471,8 @@ class HTTPStream:
         # A HEAD response carries the length a GET would have had, when the app gave the
         # body; an app that gave none for HEAD does not know it, so none is claimed.
         known = len(body) if (body or not self.head_only) and not self.trailers else None
-        if self.head_only or _no_body_status(self.status):
+        status = self.status
+        if self.head_only or status < 200 or status == 204 or status == 304:
             body = b""  # the head says what the body would be; none goes out
         wire = self.wire
         if self.state == RESPONSE_STARTED:
