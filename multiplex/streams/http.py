@@ -679,9 +679,12 @@ def _response_fields(items: Any) -> tuple[Headers, int]:
     (a list item, unhashable, takes the long way)."""
     try:
         key = tuple(items)
-        made = _STARTS.get(key)
-    except TypeError:
+    except TypeError:  # not iterable: _header_pairs says so
         return _fields_and_seen(items, None)
+    try:
+        made = _STARTS.get(key)
+    except TypeError:  # an unhashable item (a list)
+        return _fields_and_seen(key, None)
     if made is not None:
         return list(made[0]), made[1]
     return _fields_and_seen(key, key)
