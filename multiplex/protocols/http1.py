@@ -127,6 +127,8 @@ def encode_fields(headers: Headers) -> list[bytes]:
 
 
 class HTTP1Protocol(BaseConnection):
+    holds_heads = True  # a HeadHoldingWire: see send_head
+
     def __init__(self, server: ServerState, info: ConnectionInfo) -> None:
         super().__init__(server, info)
         config = self.config
@@ -165,7 +167,6 @@ class HTTP1Protocol(BaseConnection):
         self._framing = _NO_BODY
         self._remaining = 0  # body bytes still owed under a content-length
         self._head_out = b""  # the response head, held to go out with the first body
-        self._flush_scheduled = False
         self.buffered = 0  # request body bytes given to the stream, not yet read by the app
         self.read_paused = False
         self._cycle_waiting = False  # next request held back until the client reads
@@ -792,16 +793,16 @@ class HTTP1Protocol(BaseConnection):
             self.transport.write(head)
             self._response_complete()
             return
-        # Held for the first body piece, which usually follows at once: one write, one
-        # packet. Should none follow in this loop turn (a streaming response that waits),
-        # it goes out alone.
+        # Held for the first body piece, which the stream sends at once (HeadHoldingWire):
+        # one write, one packet. Where it has none yet (a streaming response that waits)
+        # it calls flush_head.
         self._head_out = head
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush_head)
+
+    def flush_head(self, stream_id: int) -> None:
+        if stream_id == self.stream_id:
+            self._flush_head()
 
     def _flush_head(self) -> None:
-        self._flush_scheduled = False
         if self._head_out and not self.closed:
             self.transport.write(self._head_out)
         self._head_out = b""

@@ -15,14 +15,13 @@ import logging
 import os
 import stat
 import time
-from collections import deque
 from collections.abc import Coroutine
 from email.utils import formatdate
 from typing import Any, cast
 
 from multiplex.errors import ClientDisconnected
 from multiplex.scheduling import DEFAULT_URGENCY, parse_priority
-from multiplex.streams.common import base_scope, log_access, start_app_task
+from multiplex.streams.common import base_scope, flush_head, log_access, start_app_task
 from multiplex.streams.seam import ConnectionInfo, FileWire, Headers, Request, ServerState, Wire
 
 logger = logging.getLogger("multiplex")
@@ -135,7 +134,7 @@ class HTTPStream:
         self.request = request
         self.info = info
         self.server = server
-        self.chunks: deque[bytes] = deque()
+        self.chunks: list[bytes] = []  # (a list: made for every request, cheaper than a deque)
         self.ended = False  # the whole request body has arrived
         self.end_delivered = False  # the app has seen more_body=False
         self.disconnected = False
@@ -274,7 +273,7 @@ class HTTPStream:
                 return {"type": "http.disconnect"}
             if self.chunks:
                 chunks = self.chunks
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
                 self.wire.consumed(self.stream_id, len(data))
                 more = not self.ended
@@ -446,8 +445,10 @@ class HTTPStream:
             headers.append((b"date", http_date()))
         if self.info.response_headers:
             headers.extend(self.info.response_headers)
-        if length is not None and not seen & _SEEN_LENGTH and not _no_body_status(self.status):
-            headers.append((b"content-length", str(length).encode("ascii")))
+        if length is not None and not seen & _SEEN_LENGTH:
+            status = self.status
+            if status >= 200 and status != 204 and status != 304:
+                headers.append((b"content-length", b"%d" % length))
         return headers
 
     def _body(self, message: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
@@ -487,6 +488,8 @@ class HTTPStream:
                     return wire.send_body(self.stream_id, body, end)
                 return None
             wire.send_head(self.stream_id, self.status, self._final_headers(None), False)
+            if not body:
+                flush_head(wire, self.stream_id)  # the head goes now, the body later
         if not more:
             self.state = RESPONSE_DONE if end else RESPONSE_TRAILERS
             if not end and not body:

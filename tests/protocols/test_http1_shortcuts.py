@@ -256,3 +256,37 @@ def test_expect_continue_noted_as_the_fields_arrive() -> None:
     out, _ = serve([head, b"ok"], reader)
     assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
     assert out.endswith(b"\r\n\r\nok")
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_held_head_goes_when_no_body_follows(method: bytes) -> None:
+    """A head is held for the body piece that follows at once, with no loop callback of
+    its own; a streaming response whose first piece is empty gets its head out then."""
+    transports: list[Transport] = []
+    while_waiting: list[bytes] = []
+
+    async def streaming(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
+        await asyncio.sleep(0)  # the app waits: what has the client got meanwhile?
+        while_waiting.append(bytes(transports[0].out))
+        await send({"type": "http.response.body", "body": b"late"})
+
+    def before(protocol: HTTP1Protocol) -> None:
+        transports.append(protocol.transport)  # type: ignore[arg-type]
+
+    out, _ = serve([method + b" / HTTP/1.1\r\nHost: a\r\n\r\n"], streaming, before)
+    head = while_waiting[0]
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    assert out == (head + b"4\r\nlate\r\n0\r\n\r\n" if method == b"GET" else head)
+
+
+def test_head_and_single_body_go_in_one_write() -> None:
+    writes: list[bytes] = []
+
+    def before(protocol: HTTP1Protocol) -> None:
+        protocol.transport.write = writes.append  # type: ignore[method-assign]
+
+    serve([GET], hello, before)
+    assert len(writes) == 1
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"hello")
