@@ -307,7 +307,16 @@ class HTTP1Protocol(BaseConnection):
                 self.held += len(data)
                 self._check_reading()
             return
-        self._feed(data)
+        # _feed, inline: the usual read parses without an exception and leaves the
+        # reading as it was.
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError, _Stop) as exc:
+            self._feed_failed(data, exc)
+        else:
+            high = self.read_high
+            if self.read_paused or self.held > high or self.buffered > high:
+                self._check_reading()
         if self.queue:
             self._handle_events()
         if self.closed:
@@ -336,9 +345,19 @@ class HTTP1Protocol(BaseConnection):
     def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError, _Stop) as exc:
+            self._feed_failed(data, exc)
+            return
+        high = self.read_high
+        if self.read_paused or self.held > high or self.buffered > high:
+            self._check_reading()
+
+    def _feed_failed(self, data: bytes, exc: Exception) -> None:
+        """The parser stopped: at an upgrade, at an error in the bytes, or because a
+        callback refused what it saw (_Stop)."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
             self._upgrade_parsed(data[int(exc.args[0]) :])
-        except (httptools.HttpParserError, _Stop) as exc:
+        else:
             self._parsing = False
             if self.closed:
                 return  # refused from a callback (the answer is out)
@@ -1041,7 +1060,10 @@ class HTTP1Protocol(BaseConnection):
                 self.read_paused = True
                 self.transport.pause_reading()
             return
-        self._next_cycle()
+        # _next_cycle, inline for the usual case: nothing queued, reading on.
+        self._idle_since = self.loop.time()
+        if self.queue or self.read_paused or self.held > self.read_high or self.in_head:
+            self._next_cycle()
 
     def _next_cycle(self) -> None:
         self._idle_since = self.loop.time()
