@@ -455,9 +455,27 @@ class HTTPStream:
         """An `http.response.body`: what goes to the wire at once goes now; what is
         returned (the wire's send_body) is for the caller to await. Not a coroutine
         itself: one coroutine less for every response."""
+        body = message.get("body", b"")
+        if (
+            self.state == RESPONSE_STARTED
+            and type(body) is bytes
+            and not message.get("more_body", False)
+            and not self.trailers
+            and not self.head_only
+            and not self.disconnected
+            and self.status != 204
+            and self.status != 304
+        ):
+            # The usual response, one body message: the general case below, shortened.
+            self.state = RESPONSE_DONE
+            wire = self.wire
+            wire.send_head(self.stream_id, self.status, self._final_headers(len(body)), not body)
+            if body:
+                self.body_bytes = len(body)
+                return wire.send_body(self.stream_id, body, True)
+            return None
         if self.disconnected:
             raise ClientDisconnected(f"stream {self.stream_id}: client disconnected")
-        body = message.get("body", b"")
         if type(body) is not bytes:
             if isinstance(body, (bytearray, memoryview)):
                 body = bytes(body)
