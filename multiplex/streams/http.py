@@ -678,6 +678,7 @@ _SEEN_DATE, _SEEN_SERVER, _SEEN_LENGTH = 1, 2, 4
 # few lists again and again. Bounded: emptied when full.
 _STARTS: dict[tuple[Any, ...], tuple[tuple[tuple[bytes, bytes], ...], int]] = {}
 _STARTS_MAX = 1024
+_START_CACHE_SIZE = 2048  # bytes of names and values: larger field lists are not kept
 
 
 def _seen(headers: Headers) -> int:
@@ -714,7 +715,7 @@ def _response_fields(items: Any) -> tuple[Headers, int]:
 def _fields_and_seen(items: Any, key: tuple[Any, ...] | None) -> tuple[Headers, int]:
     headers = _header_pairs("http.response.start", items)
     seen = _seen(headers)
-    if key is not None:
+    if key is not None and sum(len(n) + len(v) for n, v in headers) <= _START_CACHE_SIZE:
         if len(_STARTS) >= _STARTS_MAX:
             _STARTS.clear()
         _STARTS[key] = (tuple(headers), seen)

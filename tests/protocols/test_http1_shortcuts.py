@@ -290,3 +290,10 @@ def test_head_and_single_body_go_in_one_write() -> None:
     serve([GET], hello, before)
     assert len(writes) == 1
     assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"hello")
+
+
+def test_large_start_fields_are_not_kept() -> None:
+    streams_http._STARTS.clear()
+    items = [(b"x-big", b"v" * 3000)]
+    assert streams_http._response_fields(items) == (items, 0)
+    assert not streams_http._STARTS
