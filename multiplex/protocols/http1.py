@@ -799,13 +799,26 @@ class HTTP1Protocol(BaseConnection):
             return
         if self.server.shutting_down.is_set():
             self.keep_alive = False
-        try:
-            head = self._encode_head(status, headers)
-            if end:
+        made = None
+        if self.cycle_keep_alive and self.keep_alive and not self.head_request:
+            # A usual head made before (see _encode_head), found without that call.
+            made = _HEADS.get((status, *headers))
+        if made is not None:
+            head = made[0]
+            self._framing = _LENGTH
+            self._remaining = made[1]
+        else:
+            try:
+                head = self._encode_head(status, headers)
+            except ResponseError as exc:
+                self.close()
+                raise RuntimeError(f"invalid response head: {exc}") from None
+        if end:
+            try:
                 head += self._end_bytes()
-        except ResponseError as exc:
-            self.close()
-            raise RuntimeError(f"invalid response head: {exc}") from None
+            except ResponseError as exc:
+                self.close()
+                raise RuntimeError(f"invalid response head: {exc}") from None
         self.response_started = True
         self.expect_100 = False
         if end:

@@ -180,9 +180,14 @@ class HTTPStream:
 
     def start(self) -> None:
         self.start_time = time.monotonic()
-        if self._declared_too_large():
-            self.task = start_app_task(self.server, self._too_large(run_app=False))
-            return
+        for name, value in self.request.headers:
+            # A declared body over max_body_size is refused before the app runs (a walk
+            # here rather than in a method: one call less for every request).
+            if name == b"content-length":
+                if self._declared_too_large(value):
+                    self.task = start_app_task(self.server, self._too_large(run_app=False))
+                    return
+                break
         # The app task, tracked by `_run` itself: start_app_task's wrapper coroutine
         # would cost a second coroutine and frame for every request.
         task = self.task = asyncio.get_running_loop().create_task(self._run())
@@ -203,14 +208,11 @@ class HTTPStream:
         self.chunks.append(data)
         self._wake()
 
-    def _declared_too_large(self) -> bool:
-        for name, value in self.request.headers:
-            if name == b"content-length":
-                try:
-                    return int(value) > self.server.config.max_body_size
-                except ValueError:
-                    return False  # the wire protocol rejects a bad length itself
-        return False
+    def _declared_too_large(self, length: bytes) -> bool:
+        try:
+            return int(length) > self.server.config.max_body_size
+        except ValueError:
+            return False  # the wire protocol rejects a bad length itself
 
     async def _too_large(self, run_app: bool) -> None:
         """413 Content Too Large, if no response went out yet; else the stream is reset.
