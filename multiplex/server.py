@@ -310,6 +310,24 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def pace_collections(config: Config) -> None:
+    """Raise the youngest generation's threshold to `gc_young_threshold`.
+
+    CPython collects generation 0 once net container allocations pass 700. No request
+    leaves cyclic garbage (tests/protocols/test_http2_lifetime.py), so what passes 700 is
+    only the transient peak of live objects: under h2load -c100 -m10 a loop turn reads up
+    to 1,000 new streams, about 17 container objects each (h2's stream, the ASGI stream,
+    its scope, the app task and its coroutine, context and handle), all alive until their
+    tasks run. Collections then start mid-turn, find nothing, and promote those objects
+    into generations 1 and 2, whose collections walk them again: 8 % of the server's CPU
+    at -c100 against 2 % at -c10 (gc.callbacks, thread CPU time). With 20,000 they all but
+    stop (0.3 %; h2 TLS, h2c, HTTP/1.1 and HTTP/3 measured, none worse), while an app that
+    does make cyclic garbage still has it collected, after 20,000 net allocations rather
+    than 700. Only the serving process does this, like freeze_startup_objects."""
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(config.gc_young_threshold, older, oldest)
+
+
 async def serve(
     config: Config,
     app: ASGIApp | None = None,
@@ -321,6 +339,7 @@ async def serve(
     server = Server(config, app, reuse_port=reuse_port)
     await server.start()
     freeze_startup_objects()
+    pace_collections(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -232,7 +232,8 @@ SPECS: dict[str, ServerSpec] = {
             frozenset({H1, WS}),
             {H2C: "no HTTP/2", H2: "no HTTP/2", H3: _NO_H3},
             _uvicorn,
-            "httptools + uvloop when installed",
+            "httptools + uvloop when installed; WebSocket: websockets-sansio (what its"
+            " `--ws auto` picks when websockets is installed)",
         ),
         ServerSpec(
             "granian",

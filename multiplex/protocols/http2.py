@@ -166,6 +166,7 @@ class H2Protocol(PendingSends, BaseConnection):
         self._goaway_last_id: int | None = None  # set once we sent a graceful GOAWAY
         self._peer_goaway = False
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0  # when the last stream ended (read when the timer fires)
         # Abuse limits (issue 6): rates per window, and the frame scan that bounds header
         # blocks before h2 buffers them.
         window = config.h2_rate_window
@@ -399,9 +400,6 @@ class H2Protocol(PendingSends, BaseConnection):
             pass
 
     def _new_stream(self, stream_id: int, request: Request) -> Stream:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         stream = open_stream(self, stream_id, request, self.info, self.server)
         self.streams[stream_id] = stream
         stream.start()
@@ -851,18 +849,29 @@ class H2Protocol(PendingSends, BaseConnection):
         self._sched.forget(stream_id)
         if self.closed:
             return
-        h2stream = self.h2.streams.get(stream_id)
-        if h2stream is not None and not h2stream.closed:
-            # The response is complete but the client is still sending: RFC 9113
-            # section 8.1 lets us stop it without error.
-            try:
-                self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-            except h2.exceptions.ProtocolError:
-                # Closed meanwhile, or the client's GOAWAY made h2 refuse every frame
-                # (as h2load's at the end of a timed run): nothing to stop, and the
-                # connection must still be ended below once its last stream is done.
-                pass
-            self._schedule_flush()
+        h2conn = self.h2
+        h2stream = h2conn.streams.get(stream_id)
+        if h2stream is not None:
+            if not h2stream.closed:
+                # The response is complete but the client is still sending: RFC 9113
+                # section 8.1 lets us stop it without error.
+                try:
+                    h2conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+                except h2.exceptions.ProtocolError:
+                    # Closed meanwhile, or the client's GOAWAY made h2 refuse every frame
+                    # (as h2load's at the end of a timed run): nothing to stop, and the
+                    # connection must still be ended below once its last stream is done.
+                    pass
+                self._schedule_flush()
+            if h2stream.closed:
+                # What h2's _open_streams does with a closed stream, done now rather than
+                # when the next request arrives: h2 keeps its stream (three objects)
+                # until then, so under many connections they lived through several
+                # collections and were promoted, to die in the oldest generation (see
+                # tests/protocols/test_http2_lifetime.py). Its closed_by is what h2 reads
+                # from then on to tell a stream error from a connection error.
+                del h2conn.streams[stream_id]
+                h2conn._closed_streams[stream_id] = h2stream.closed_by
         if not self.streams:
             if self._goaway_last_id is not None or self._peer_goaway:
                 self._flush()
@@ -871,15 +880,26 @@ class H2Protocol(PendingSends, BaseConnection):
                 self._arm_idle_timer()
 
     def _arm_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = self.loop.call_later(self.config.h2_idle_timeout, self._idle)
+        """The connection has no stream left: idle from now. A connection goes idle
+        after every batch of requests, so the timer is not cancelled and made again
+        each time (a timer handle and a libuv timer per batch); a running one stays,
+        and when it fires `_idle` checks how long the connection has really been idle."""
+        self._idle_since = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.config.h2_idle_timeout, self._idle)
 
     def _idle(self) -> None:
         self._idle_timer = None
-        if not self.streams and not self.closed:
-            logger.debug("HTTP/2 connection from %s idle: closing", self._peer())
-            self.shutdown()
+        if self.streams or self.closed:
+            return  # busy: the last stream to end arms the timer again
+        left = self._idle_since + self.config.h2_idle_timeout - self.loop.time()
+        if left > 0:
+            # Streams came and went since the timer was set: idle for less than the
+            # timeout so far.
+            self._idle_timer = self.loop.call_later(left, self._idle)
+            return
+        logger.debug("HTTP/2 connection from %s idle: closing", self._peer())
+        self.shutdown()
 
     # --- life cycle ----------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import logging
 import os
 import stat
 import time
+from collections import deque
 from collections.abc import Coroutine
 from email.utils import formatdate
 from typing import Any, cast
@@ -120,6 +121,7 @@ class HTTPStream:
         "waiter",
         "wire",
     )
+    response_headers: Headers  # set before it is read: see __init__
 
     def __init__(
         self,
@@ -134,7 +136,10 @@ class HTTPStream:
         self.request = request
         self.info = info
         self.server = server
-        self.chunks: list[bytes] = []  # (a list: made for every request, cheaper than a deque)
+        # Made when the first body chunk comes: a GET has none, and every container
+        # a stream holds while it waits for its task is one more object for the
+        # garbage collector's young generation (many streams wait at once).
+        self.chunks: deque[bytes] | None = None
         self.ended = False  # the whole request body has arrived
         self.end_delivered = False  # the app has seen more_body=False
         self.disconnected = False
@@ -142,12 +147,13 @@ class HTTPStream:
         self.head_only = request.method == "HEAD"
         self.state = REQUEST
         self.status = 0
-        self.response_headers: Headers = []
+        # response_headers is set by http.response.start (or the 413/500 the server
+        # answers itself) before anything reads it: no empty list per stream meanwhile.
         # Which of date, server and a length `response_headers` has (_SEEN_* bits), when
         # known without a walk over them; -1 when not.
         self.seen = -1
         self.trailers = False  # the app announced trailers in http.response.start
-        self.trailer_fields: Headers = []
+        self.trailer_fields: Headers | None = None  # made by the first trailers message
         self.body_bytes = 0
         self.pushes = 0
         self.received = 0  # request body bytes so far (max_body_size)
@@ -205,6 +211,8 @@ class HTTPStream:
             self._wake()
             self.refusal = start_app_task(self.server, self._too_large(run_app=True))
             return
+        if self.chunks is None:
+            self.chunks = deque()
         self.chunks.append(data)
         self._wake()
 
@@ -273,9 +281,9 @@ class HTTPStream:
         while True:
             if self.disconnected or self.state == RESPONSE_DONE:
                 return {"type": "http.disconnect"}
-            if self.chunks:
-                chunks = self.chunks
-                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks = self.chunks
+            if chunks:
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
                 self.wire.consumed(self.stream_id, len(data))
                 more = not self.ended
@@ -413,6 +421,9 @@ class HTTPStream:
             self.wire.send_informational(self.stream_id, 103, headers)
 
     async def _send_trailers(self, message: dict[str, Any]) -> None:
+        fields = self.trailer_fields
+        if fields is None:
+            fields = self.trailer_fields = []
         for item in _header_pairs("http.response.trailers", message.get("headers", ())):
             name, value = item
             _check_field("http.response.trailers", name, value)
@@ -420,11 +431,10 @@ class HTTPStream:
                 raise ValueError(
                     f"http.response.trailers: {name.decode('latin-1')} may not be a trailer"
                 )
-            self.trailer_fields.append((name, value))
+            fields.append((name, value))
         if message.get("more_trailers", False):
             return
         self.state = RESPONSE_DONE
-        fields = self.trailer_fields
         if self.disconnected:
             raise ClientDisconnected(f"stream {self.stream_id}: client disconnected")
         if fields and self.request.trailers and not self.head_only:

@@ -18,8 +18,9 @@ extended CONNECT with `:protocol websocket`) and makes this stream instead of an
   UTF-8 with 1007, protocol violations with 1002; pings keep the peer honest; the close
   handshake is bounded by `ws_close_timeout`.
 
-One writer at a time: the app's `send`, pong replies and close frames share a lock, so
-frames never interleave even while one waits for flow-control credit.
+One writer at a time: the app's `send`, pong replies and close frames pass a baton (a
+flag and a queue of waiting writers: an `asyncio.Lock` cost two coroutines and a wake-up
+per message), so frames never interleave even while one waits for flow-control credit.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ from multiplex.streams.seam import (
 from multiplex.streams.wsframes import data_frame, read_messages, wsproto_idle
 
 logger = logging.getLogger("multiplex")
+
+# The most bytes of app frames held back to leave in one write (see `_cork`).
+CORK_MAX = 65536
 
 # Life cycle. CONNECTING: waiting for the app to accept. OPEN: frames both ways.
 # CLOSING: we sent a close frame, the peer's has not come. CLOSED: the close handshake is
@@ -123,13 +127,17 @@ class WebSocketStream:
         "connect_delivered",
         "control_task",
         "controls",
+        "corked",
+        "corked_size",
         "disconnected",
         "early",
         "ended",
         "fast",
         "fp",
         "info",
-        "lock",
+        "loop",
+        "max_message_size",
+        "max_queue",
         "message_size",
         "parts",
         "ping_handle",
@@ -150,6 +158,9 @@ class WebSocketStream:
         "uncredited",
         "waiter",
         "wire",
+        "writers",
+        "writing",
+        "wsproto_busy",
     )
 
     def __init__(
@@ -176,12 +187,25 @@ class WebSocketStream:
         self.fast = False  # the short road is open (set at the accept)
         self.parts: list[Any] = []  # the message being received
         self.message_size = 0
+        self.max_message_size = server.config.ws_max_message_size
+        self.max_queue = server.config.ws_max_queue
         self.text = False
         self.close_code: int | None = None
         self.close_reason = ""
         self.closed_event = asyncio.Event()
         self.waiter: asyncio.Future[None] | None = None
-        self.lock = asyncio.Lock()
+        # Kept, not asked for: `asyncio.get_running_loop()` makes a getpid() system call
+        # each time (CPython checks for a fork), once per message in `receive`.
+        self.loop = asyncio.get_running_loop()
+        self.writing = False  # a writer holds the baton (see `_write`)
+        self.writers: deque[asyncio.Future[None]] = deque()  # waiting for it, in order
+        # The app's frames held back while more of its input waits in `queue` (see
+        # `send`); the next write, whoever makes it, sends them first.
+        self.corked: list[bytes] = []
+        self.corked_size = 0
+        # wsproto holds part of a frame or message: the short road must wait (updated
+        # after each time wsproto reads, rather than asked of it for every read).
+        self.wsproto_busy = False
         self.controls: deque[tuple[bytes, bool]] = deque()  # close frames, end of stream
         # Pongs waiting to go out, in order. Bounded: a peer that pings faster than it
         # reads loses the oldest answers (RFC 6455 5.5.3 asks only for the latest).
@@ -214,6 +238,22 @@ class WebSocketStream:
 
     def feed_body(self, data: bytes) -> None:
         state = self.state
+        if state == OPEN and self.fast and not self.wsproto_busy and not self.disconnected:
+            # The short road, inline (`_parse` and `_credit` as one): a call or two per
+            # message is a measurable share of an echo's cost.
+            size = len(data)
+            queue = self.queue
+            queued = len(queue)
+            used = read_messages(data, self.max_message_size, queue)
+            if len(queue) != queued:
+                self._wake()
+            self.uncredited += size
+            if used != size:
+                self._parse(data[used:])
+            if len(queue) < self.max_queue and self.uncredited:
+                size, self.uncredited = self.uncredited, 0
+                self.wire.consumed(self.stream_id, size)
+            return
         if state == CONNECTING and not self.disconnected:
             # A client may not send frames before the accept; keep what came (bounded by
             # the credit we have not given) for the frame parser.
@@ -255,16 +295,22 @@ class WebSocketStream:
     def _parse(self, data: bytes) -> None:
         fp = self.fp
         assert fp is not None
-        if self.fast and self.state == OPEN and wsproto_idle(fp):
+        if self.fast and self.state == OPEN and not self.wsproto_busy:
             queue = self.queue
             queued = len(queue)
-            used = read_messages(data, self.server.config.ws_max_message_size, queue)
+            used = read_messages(data, self.max_message_size, queue)
             if len(queue) != queued:
                 self._wake()
             if used == len(data):
                 return
             data = data[used:]
         fp.receive_bytes(data)
+        try:
+            self._wsproto_frames(fp)
+        finally:
+            self.wsproto_busy = not wsproto_idle(fp)
+
+    def _wsproto_frames(self, fp: FrameProtocol) -> None:
         try:
             for frame in fp.received_frames():
                 opcode = frame.opcode
@@ -295,7 +341,7 @@ class WebSocketStream:
         else:
             size = len(payload)
         self.message_size += size
-        if self.message_size > self.server.config.ws_max_message_size:
+        if self.message_size > self.max_message_size:
             self._fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
             return False
         if payload:
@@ -315,7 +361,7 @@ class WebSocketStream:
 
     def _credit(self) -> None:
         """Give credit for what was parsed, unless the app has a full queue to read."""
-        if self.uncredited and len(self.queue) < self.server.config.ws_max_queue:
+        if self.uncredited and len(self.queue) < self.max_queue:
             n, self.uncredited = self.uncredited, 0
             self.wire.consumed(self.stream_id, n)
 
@@ -369,19 +415,76 @@ class WebSocketStream:
 
     # --- frames out --------------------------------------------------------------------
 
+    def _cork(self, frame: bytes) -> None:
+        """Hold an app frame while more of the app's input is queued: an app that echoes
+        or answers reads the next message at once, and the frames of all it answers in
+        one go leave in one write (one system call instead of one each) when it sends
+        with the queue empty, or at the end of this loop turn, whichever comes first.
+        At most CORK_MAX bytes are held; a stream that cannot send raises as usual."""
+        if self.ended or self.disconnected:
+            raise ClientDisconnected(f"WebSocket {self.stream_id}: closed")
+        if not self.corked:
+            self.loop.call_soon(self._uncork)
+        self.corked.append(frame)
+        self.corked_size += len(frame)
+
+    def _uncork(self) -> None:
+        """The end of the loop turn: frames still held go out with the control task."""
+        if self.corked:
+            self.controls.append((b"", False))
+            self._kick_controls()
+
     async def _write(self, data: bytes, end: bool = False) -> None:
-        async with self.lock:
+        if self.writing:
+            await self._wait_turn()
+        else:
+            self.writing = True
+        try:
+            if self.corked:  # the app's held frames came first
+                self.corked.append(data)
+                data = b"".join(self.corked)
+                self.corked = []
+                self.corked_size = 0
             if self.ended or self.disconnected:
                 if data:
                     raise ClientDisconnected(f"WebSocket {self.stream_id}: closed")
                 return
             if end:
                 self.ended = True
+            elif not data:
+                return
             await self.wire.send_body(self.stream_id, data, end)
+        finally:
+            if self.writers:
+                self._pass_baton()
+            else:
+                self.writing = False
+
+    async def _wait_turn(self) -> None:
+        """Wait until the writer before hands over the baton (`writing` stays set)."""
+        turn = self.loop.create_future()
+        self.writers.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._pass_baton()  # handed over, then cancelled: on to the next
+            else:
+                self.writers.remove(turn)
+            raise
+
+    def _pass_baton(self) -> None:
+        writers = self.writers
+        while writers:
+            turn = writers.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self.writing = False
 
     def _kick_controls(self) -> None:
         if self.control_task is None:
-            task = self.control_task = asyncio.get_running_loop().create_task(self._send_controls())
+            task = self.control_task = self.loop.create_task(self._send_controls())
             tasks = self.server.tasks
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -416,7 +519,7 @@ class WebSocketStream:
     def _schedule_ping(self) -> None:
         interval = self.server.config.ws_ping_interval
         if interval > 0:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             self.ping_handle = loop.call_later(interval, self._send_ping)
 
     def _send_ping(self) -> None:
@@ -427,7 +530,7 @@ class WebSocketStream:
         payload = self.ping_payload = os.urandom(4)
         self.controls.append((bytes(fp.ping(payload)), False))
         self._kick_controls()
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.pong_handle = loop.call_later(self.server.config.ws_ping_timeout, self._ping_timed_out)
 
     def _pong_received(self) -> None:
@@ -460,11 +563,12 @@ class WebSocketStream:
         while True:
             if self.queue:
                 message = self.queue.popleft()
-                self._credit()
+                if self.uncredited:  # credit held back while the queue was full
+                    self._credit()
                 return message
             if (self.state != OPEN and self.state != CONNECTING) or self.disconnected:
                 return self._disconnect_message()
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.loop.create_future()
             self.waiter = waiter
             await waiter
 
@@ -479,6 +583,23 @@ class WebSocketStream:
         state = self.state
         if state == OPEN:
             if kind == "websocket.send":
+                if self.fast:
+                    # The common case in one step: str text or bytes, no extension.
+                    text = message.get("text")
+                    frame = None
+                    if type(text) is str:
+                        if message.get("bytes") is None:
+                            frame = data_frame(text.encode("utf-8"), True)
+                    elif text is None:
+                        data = message.get("bytes")
+                        if type(data) is bytes:
+                            frame = data_frame(data, False)
+                    if frame is not None:
+                        if self.queue and self.corked_size + len(frame) <= CORK_MAX:
+                            self._cork(frame)
+                            return
+                        await self._write(frame)
+                        return
                 await self._send_message(message)
                 return
             if kind == "websocket.close":
@@ -509,7 +630,7 @@ class WebSocketStream:
 
     def _closing_timer(self) -> None:
         """Bound the wait for the peer's answer to our close frame."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         loop.call_later(self.server.config.ws_close_timeout, self._close_timed_out)
 
     def _close_timed_out(self) -> None:

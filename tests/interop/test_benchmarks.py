@@ -120,3 +120,27 @@ def test_bare_aioquic_server_runs_the_h3_scenarios_only(tmp_path: Path) -> None:
     h1 = next(cells for title, cells in rows.items() if title.startswith("HTTP/1.1"))
     assert re.match(r"[\d,]+ \(", h3[1]), h3
     assert h1[1].startswith("n/a"), h1
+
+
+@pytest.mark.timeout(120)
+def test_tls_surcharge_reports_both_modes_and_the_paired_difference() -> None:
+    # Real servers and h2load over loopback, TLS and h2c; only the shape of the report is
+    # checked (the figures of so short a run mean nothing).
+    for tool in ("h2load", "taskset"):
+        require_tool(tool)
+    args = ["--rounds", "1", "--requests", "200", "--clients", "2", "--streams", "5"]
+    result = subprocess.run(
+        [sys.executable, "-m", "interop.benchmarks.tls_surcharge", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["round 0 TLS", "round 0 h2c"]
+    for line in lines[:2]:
+        # At most one read system call per request: the server read requests in batches.
+        reads = float(re.search(r"([\d.]+) reads", line).group(1))  # type: ignore[union-attr]
+        assert 0 < reads <= 1, line
+    assert "TLS surcharge (median of paired differences)" in lines[2]

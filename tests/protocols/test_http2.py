@@ -307,7 +307,7 @@ def test_large_upload_memory_bounded(run_server: RunServer) -> None:
             if transport is not None:
                 total += transport.get_write_buffer_size()
             for stream in getattr(conn, "streams", {}).values():
-                total += sum(len(c) for c in stream.chunks)
+                total += sum(len(c) for c in stream.chunks or ())
         return total
 
     samples: list[int] = []

@@ -3,6 +3,7 @@ socket client for what a well-behaved client never sends)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import queue
@@ -15,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from wsproto.frame_protocol import Opcode
 
+from multiplex.streams.websocket import WebSocketStream
 from tests import apps
 from tests.conftest import RunningServer
 from tests.wsraw import RawWS
@@ -372,3 +374,67 @@ def test_ping_flood_keeps_only_the_latest_pongs(run_server: Start) -> None:
     finally:
         raw.close()
     assert 0 < pongs < pings // 4, pongs
+
+
+# --- answers held while more input waits (WebSocketStream._cork) ------------------------
+
+
+class _AnswerOnce:
+    """Answers the first message, then either waits without reading again (`then` is
+    "wait") or closes with 4000 ("close")."""
+
+    def __init__(self, then: str) -> None:
+        self.then = then
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        await send({"type": "websocket.send", "text": "answer " + message["text"]})
+        if self.then == "close":
+            await send({"type": "websocket.close", "code": 4000})
+            return
+        await asyncio.Event().wait()
+
+
+def _texts(client: RawWS, texts: list[str]) -> None:
+    """The messages in one write, so that the server reads them together."""
+    client.sock.sendall(b"".join(bytes(client.fp.send_data(text)) for text in texts))
+
+
+def test_answers_held_while_input_waits_leave_in_order(
+    run_server: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held: list[int] = []
+    cork = WebSocketStream._cork
+
+    def counting(self: WebSocketStream, frame: bytes) -> None:
+        held.append(len(frame))
+        cork(self, frame)
+
+    monkeypatch.setattr(WebSocketStream, "_cork", counting)
+    server = run_server(apps.WSEcho(), ws_ping_interval=0)
+    client = RawWS(server.port)
+    texts = [f"message {i}" for i in range(50)]
+    _texts(client, texts)
+    for want in texts:
+        frame = client.until(Opcode.TEXT)
+        assert frame.payload == want
+    # 50 messages in one write are read in far fewer pieces: answers were held.
+    assert held, "no answer was held back"
+    client.close()
+
+
+@pytest.mark.parametrize("then", ["wait", "close"])
+def test_a_held_answer_leaves_when_the_app_stops_reading(run_server: Start, then: str) -> None:
+    """The app answers the first of three queued messages and then reads no more: its
+    answer leaves at the end of the loop turn, and before its close frame."""
+    server = run_server(_AnswerOnce(then), ws_ping_interval=0)
+    client = RawWS(server.port)
+    _texts(client, ["one", "two", "three"])
+    frame = client.next_frame()
+    assert frame is not None and frame.opcode is Opcode.TEXT and frame.payload == "answer one"
+    if then == "close":
+        frame = client.until(Opcode.CLOSE)
+        assert close_code(frame.payload) == 4000
+    client.close()

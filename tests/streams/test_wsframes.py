@@ -11,6 +11,7 @@ mixes of frames cut at random places.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import socket
@@ -374,3 +375,54 @@ def test_random_frames_cut_at_random(port: int) -> None:
         if rng.random() < 0.4:
             last = _cut(rng, FAILING[rng.choice(sorted(FAILING))], 1)
         same_on_both_roads(port, chunks, last)
+
+
+# --- one writer at a time (WebSocketStream._write's baton) ------------------------------
+
+
+class _SlowWire:
+    """A wire whose every send waits until the test lets it finish, as a flow-control
+    window would; it records what was written, in order."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.gates: list[asyncio.Future[None]] = []
+
+    async def send_body(self, stream_id: int, data: bytes, end: bool) -> None:
+        gate = asyncio.get_running_loop().create_future()
+        self.gates.append(gate)
+        self.written.append(data[:1])  # the piece's start: it begins a frame
+        await gate
+        self.written.append(data[1:])  # and the rest, after the wait
+
+
+def test_writers_take_turns_and_a_cancelled_one_passes_on() -> None:
+    from multiplex.config import Config
+    from multiplex.streams.seam import ConnectionInfo, Request, ServerState
+
+    async def main() -> None:
+        wire = _SlowWire()
+        server = ServerState(apps.WSEcho(), Config(), {})
+        info = ConnectionInfo("1.1", "http", ("127.0.0.1", 1), ("127.0.0.1", 2))
+        stream = WebSocketStream(wire, 1, Request("GET", b"/", []), info, server)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(stream._write(b"AAAA"))
+        second = asyncio.ensure_future(stream._write(b"BBBB"))
+        third = asyncio.ensure_future(stream._write(b"CCCC"))
+        fourth = asyncio.ensure_future(stream._write(b"DDDD"))
+        await asyncio.sleep(0)
+        assert len(wire.gates) == 1 and stream.writing  # the others wait their turn
+        second.cancel()  # cancelled while waiting: leaves the queue
+        wire.gates[0].set_result(None)
+        await asyncio.sleep(0)
+        third.cancel()  # handed the baton, cancelled before it ran: passes it on
+        for _ in range(10):
+            await asyncio.sleep(0)
+            for gate in wire.gates:
+                if not gate.done():
+                    gate.set_result(None)
+        await asyncio.wait_for(asyncio.gather(first, fourth), 10)  # a lost baton hangs
+        assert second.cancelled() and third.cancelled()
+        assert b"".join(wire.written) == b"AAAADDDD"  # never interleaved
+        assert not stream.writing and not stream.writers
+
+    asyncio.run(main())

@@ -1,0 +1,139 @@
+"""Object lifetimes on the HTTP/2 hot path: what a finished request leaves behind.
+
+Under many concurrent streams the garbage collector's cost grows with the objects that
+are alive when it runs (it runs mid-burst, while a loop turn's new streams wait for
+their tasks) and with those that survive into older generations. So a finished stream's
+objects must be freed by reference counting, at once, not left for a collection or for
+the next request on the connection. Checked with the collector off: an object that
+needs it would still be alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from interop.benchmarks import h2ceiling
+from interop.benchmarks.apps import app as hello_app
+from multiplex.config import Config
+from multiplex.protocols.http2 import H2Protocol
+from multiplex.streams.http import HTTPStream
+from multiplex.streams.seam import ConnectionInfo, ServerState
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def _serve_one_batch() -> tuple[H2Protocol, list[weakref.ref[object]], list[HTTPStream]]:
+    """One connection, one read of ten GETs, answered in full; weak references to the
+    h2 stream objects and the app tasks of those requests, and the ASGI streams."""
+    server = ServerState(hello_app, Config(), {})
+    info = ConnectionInfo("2", "http", ("127.0.0.1", 50000), ("127.0.0.1", 8080))
+    proto = H2Protocol(server, info)
+    proto.connection_made(h2ceiling._Transport())  # type: ignore[arg-type]
+    opening, (chunk,) = h2ceiling.client_bytes(10)
+    proto.data_received(opening)
+    proto.data_received(chunk)
+    streams = list(proto.streams.values())
+    assert len(streams) == 10
+    refs: list[weakref.ref[object]] = []
+    for stream_id, h2stream in proto.h2.streams.items():
+        refs.append(weakref.ref(h2stream))
+        refs.append(weakref.ref(h2stream.state_machine))
+        task = proto.streams[stream_id].task  # type: ignore[attr-defined]
+        assert task is not None
+        refs.append(weakref.ref(task))
+    for _ in range(10):  # the tasks, then the flush: bounded, not timed
+        if not proto.streams:
+            break
+        await asyncio.sleep(0)
+    assert not proto.streams
+    return proto, refs, [s for s in streams if isinstance(s, HTTPStream)]
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_a_finished_streams_objects_are_freed_by_refcount() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        proto, refs, streams = loop.run_until_complete(_serve_one_batch())
+    finally:
+        loop.close()
+    del streams  # the ASGI streams themselves, which the test held
+    # h2's closed streams are gone from the connection at once (not at the next
+    # request), what h2 needs of them kept in its bounded _closed_streams.
+    assert not proto.h2.streams
+    assert len(proto.h2._closed_streams) == 10
+    alive = [ref() for ref in refs if ref() is not None]
+    assert alive == []
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_a_bodyless_stream_holds_no_body_or_trailer_containers() -> None:
+    """A GET waiting for its task holds no empty deque or lists: each would be one
+    more object for every collection that runs while many streams wait."""
+    loop = asyncio.new_event_loop()
+    try:
+        _, _, streams = loop.run_until_complete(_serve_one_batch())
+    finally:
+        loop.close()
+    assert len(streams) == 10
+    for stream in streams:
+        assert stream.chunks is None
+        assert stream.trailer_fields is None
+
+
+def test_requests_leave_no_cyclic_garbage() -> None:
+    """What `gc_young_threshold` rests on: serving requests makes no garbage that only a
+    collection could free, so the collector has nothing to find between requests."""
+
+    async def serve_batches() -> list[int]:
+        server = ServerState(hello_app, Config(), {})
+        info = ConnectionInfo("2", "http", ("127.0.0.1", 50000), ("127.0.0.1", 8080))
+        proto = H2Protocol(server, info)
+        proto.connection_made(h2ceiling._Transport())  # type: ignore[arg-type]
+        opening, chunks = h2ceiling.client_bytes(40)
+        proto.data_received(opening)
+        found = []
+        for chunk in chunks:
+            gc.collect()
+            proto.data_received(chunk)
+            for _ in range(10):  # bounded, not timed
+                if not proto.streams:
+                    break
+                await asyncio.sleep(0)
+            assert not proto.streams
+            await asyncio.sleep(0)  # the flush
+            found.append(gc.collect())
+        return found
+
+    loop = asyncio.new_event_loop()
+    gc.disable()
+    try:
+        found = loop.run_until_complete(serve_batches())
+    finally:
+        gc.enable()
+        loop.close()
+    assert found == [0, 0, 0, 0]
+
+
+def test_the_serving_process_raises_the_young_threshold() -> None:
+    from multiplex.server import pace_collections
+
+    before = gc.get_threshold()
+    try:
+        pace_collections(Config(gc_young_threshold=12_345))
+        assert gc.get_threshold() == (12_345, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+    assert Config().gc_young_threshold == 20_000
