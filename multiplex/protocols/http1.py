@@ -32,7 +32,7 @@ from wsproto.utilities import generate_accept_token
 
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.base import BaseConnection
-from multiplex.streams import open_stream
+from multiplex.streams import HTTPStream, open_stream
 from multiplex.streams.seam import ConnectionInfo, Headers, Request, ServerState, Stream
 
 logger = logging.getLogger("multiplex")
@@ -73,28 +73,10 @@ class _Stop(Exception):
     """Raised from a parser callback to stop parsing (the reason is kept aside)."""
 
 
-class _Head:
-    """A parsed request head waiting its turn."""
-
-    __slots__ = ("headers", "keep_alive", "method", "size", "target", "upgrade", "version")
-
-    def __init__(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: Headers,
-        version: str,
-        keep_alive: bool,
-        upgrade: bool,
-        size: int,
-    ) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.version = version
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
-        self.size = size
+# A parsed request head (a tuple: made for every request, a class instance costs more):
+# method, target, fields, version, keep-alive, upgrade, size, and what on_header noted
+# on the way: the number of Host fields, Expect: 100-continue, TE: trailers.
+_Head = tuple[bytes, bytes, Headers, str, bool, bool, int, int, bool, bool]
 
 
 class ResponseError(Exception):
@@ -111,6 +93,14 @@ def loop_can_sendfile(loop: asyncio.AbstractEventLoop) -> bool:
 # emptied when full.
 _CHECKED: set[tuple[bytes, bytes]] = set()
 _CHECKED_MAX = 4096
+
+
+# Usual response heads already made (see `_encode_head`), by (status, *fields): the head
+# and its content-length. Bounded: at most _HEADS_MAX heads of at most _HEAD_CACHE_SIZE
+# bytes, emptied when full (a new date each second makes new heads).
+_HEADS: dict[tuple[Any, ...], tuple[bytes, int]] = {}
+_HEADS_MAX = 512
+_HEAD_CACHE_SIZE = 2048
 
 
 def _check_new_field(field: tuple[bytes, bytes]) -> None:
@@ -137,6 +127,8 @@ def encode_fields(headers: Headers) -> list[bytes]:
 
 
 class HTTP1Protocol(BaseConnection):
+    holds_heads = True  # a HeadHoldingWire: see send_head
+
     def __init__(self, server: ServerState, info: ConnectionInfo) -> None:
         super().__init__(server, info)
         config = self.config
@@ -148,6 +140,9 @@ class HTTP1Protocol(BaseConnection):
         self._url = b""
         self._fields: Headers = []
         self._head_size = 0
+        self._hosts = 0  # Host fields in it
+        self._expect = False  # Expect: 100-continue in it
+        self._te_trailers = False  # TE: trailers in it
         self._partial = 0  # bytes of an incomplete head so far
         self.in_head = False  # a request head has begun and is not complete
         self.in_body = False  # a request body is being parsed
@@ -172,7 +167,6 @@ class HTTP1Protocol(BaseConnection):
         self._framing = _NO_BODY
         self._remaining = 0  # body bytes still owed under a content-length
         self._head_out = b""  # the response head, held to go out with the first body
-        self._flush_scheduled = False
         self.buffered = 0  # request body bytes given to the stream, not yet read by the app
         self.read_paused = False
         self._cycle_waiting = False  # next request held back until the client reads
@@ -212,6 +206,8 @@ class HTTP1Protocol(BaseConnection):
         self._url = b""
         self._fields = []
         self._head_size = 0
+        self._hosts = 0
+        self._expect = self._te_trailers = False
         self._partial = 0
 
     def on_url(self, url: bytes) -> None:
@@ -227,8 +223,18 @@ class HTTP1Protocol(BaseConnection):
         if self._synthetic:
             return
         fields = self._fields
-        fields.append((name.lower(), value))
+        name = name.lower()
+        fields.append((name, value))
         self._head_size += len(name) + len(value) + 4
+        # What _on_request needs to know of the fields, noted here rather than found by
+        # walks over them afterwards.
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"expect":
+            if value.lower() == b"100-continue":
+                self._expect = True
+        elif name == b"te" and _accepts_trailers(value):
+            self._te_trailers = True
         if self._head_size > self.max_head:
             self._stop = (431, "request header fields too large")
             raise _Stop
@@ -246,25 +252,44 @@ class HTTP1Protocol(BaseConnection):
             self._header_timer = None
         parser = self.parser
         version = parser.get_http_version()
-        head = _Head(
+        upgrade = parser.should_upgrade()
+        head = (
             parser.get_method(),
             self._url,
             self._fields,
             version,
             version == "1.1" and parser.should_keep_alive(),
-            parser.should_upgrade(),
+            upgrade,
             self._head_size,
+            self._hosts,
+            self._expect,
+            self._te_trailers,
         )
+        if not (self.queue or self.active or upgrade or self._cycle_waiting or self.closed):
+            # Nothing waits before it (the usual, unpipelined request): handled now,
+            # not queued for _handle_events. An upgrade always queues: _upgrade_parsed
+            # looks for its head there.
+            self._on_request(head)
+            if self.closed:
+                raise _Stop  # refused: nothing more to parse
+            return
         self.held += self._head_size
         self.queue.append((_REQUEST, head))
 
     def on_body(self, body: bytes) -> None:
+        if not self.queue:
+            # The body of the request being answered, with nothing queued before it.
+            self._body_now(body)
+            return
         self.held += len(body)
         self.queue.append((_DATA, body))
 
     def on_message_complete(self) -> None:
         self._synthetic = False
         self.in_body = False
+        if not self.queue:
+            self._end_now()
+            return
         self.queue.append((_END, None))
 
     # --- input -------------------------------------------------------------------------
@@ -282,8 +307,18 @@ class HTTP1Protocol(BaseConnection):
                 self.held += len(data)
                 self._check_reading()
             return
-        self._feed(data)
-        self._handle_events()
+        # _feed, inline: the usual read parses without an exception and leaves the
+        # reading as it was.
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError, _Stop) as exc:
+            self._feed_failed(data, exc)
+        else:
+            high = self.read_high
+            if self.read_paused or self.held > high or self.buffered > high:
+                self._check_reading()
+        if self.queue:
+            self._handle_events()
         if self.closed:
             return
         if self.in_head:
@@ -310,13 +345,27 @@ class HTTP1Protocol(BaseConnection):
     def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError, _Stop) as exc:
+            self._feed_failed(data, exc)
+            return
+        high = self.read_high
+        if self.read_paused or self.held > high or self.buffered > high:
+            self._check_reading()
+
+    def _feed_failed(self, data: bytes, exc: Exception) -> None:
+        """The parser stopped: at an upgrade, at an error in the bytes, or because a
+        callback refused what it saw (_Stop)."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
             self._upgrade_parsed(data[int(exc.args[0]) :])
-        except (httptools.HttpParserError, _Stop) as exc:
+        else:
             self._parsing = False
+            if self.closed:
+                return  # refused from a callback (the answer is out)
             status, reason = self._stop or (400, str(exc) or type(exc).__name__)
             self.queue.append((_ERROR, (status, reason)))
-        self._check_reading()
+        high = self.read_high
+        if self.read_paused or self.held > high or self.buffered > high:
+            self._check_reading()
 
     def _upgrade_parsed(self, rest: bytes) -> None:
         """llhttp stopped after a request asking to switch protocols (or a CONNECT),
@@ -327,7 +376,7 @@ class HTTP1Protocol(BaseConnection):
                 head = value
                 break
         assert head is not None
-        if self._may_upgrade(head):
+        if self._may_upgrade(head[0], head[2]):
             # A WebSocket or h2c request: once it is answered, the rest is the new
             # protocol's (or, if the app refuses the WebSocket, the next request).
             self._parsing = False
@@ -339,7 +388,7 @@ class HTTP1Protocol(BaseConnection):
         # skipped. A fresh parser reads that body behind a stand-in head with the same
         # framing, then whatever follows.
         framing = b""
-        for name, value in head.headers:
+        for name, value in head[2]:
             if name == b"transfer-encoding":
                 framing = b"transfer-encoding: " + value + b"\r\n"
                 break
@@ -354,14 +403,10 @@ class HTTP1Protocol(BaseConnection):
         elif rest:
             self._feed(rest)
 
-    def _may_upgrade(self, head: _Head) -> bool:
-        if _is_websocket(head.method, head.headers):
+    def _may_upgrade(self, method: bytes, headers: Headers) -> bool:
+        if _is_websocket(method, headers):
             return True
-        return (
-            self.config.h2c
-            and self.info.scheme == "http"
-            and _h2c_settings(head.headers) is not None
-        )
+        return self.config.h2c and self.info.scheme == "http" and _h2c_settings(headers) is not None
 
     def _check_reading(self) -> None:
         """Stop reading while too much waits (pipelined requests, or body the app has
@@ -454,30 +499,16 @@ class HTTP1Protocol(BaseConnection):
             if kind == _DATA:
                 queue.popleft()
                 self.held -= len(value)
-                self.expect_100 = False
-                stream = self.stream
-                if stream is not None:
-                    self.buffered += len(value)
-                    stream.feed_body(value)
-                    if self.buffered > self.read_high and not self.read_paused:
-                        self.read_paused = True
-                        self.transport.pause_reading()
+                self._body_now(value)
             elif kind == _END:
                 queue.popleft()
-                self.request_done = True
-                if self._body_timer is not None:
-                    self._body_timer.cancel()
-                    self._body_timer = None
-                if self.stream is not None:
-                    self.stream.feed_end()
-                elif self._h2c_pending is not None:
-                    self._upgrade_h2c()
+                if self._end_now():
                     return
             elif self.active:
                 break  # the next request, its error or its upgrade wait their turn
             elif kind == _REQUEST:
                 queue.popleft()
-                self.held -= value.size
+                self.held -= value[6]
                 self._on_request(value)
             elif kind == _ERROR:
                 queue.popleft()
@@ -494,27 +525,44 @@ class HTTP1Protocol(BaseConnection):
         if not self.closed:
             self._check_reading()
 
+    def _body_now(self, data: bytes) -> None:
+        """Request body bytes for the request being answered."""
+        self.expect_100 = False
+        stream = self.stream
+        if stream is not None:
+            self.buffered += len(data)
+            stream.feed_body(data)
+            if self.buffered > self.read_high and not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+
+    def _end_now(self) -> bool:
+        """The end of the request being answered; True if the connection turned into
+        HTTP/2 (h2c) and this object is done."""
+        self.request_done = True
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if self.stream is not None:
+            self.stream.feed_end()
+        elif self._h2c_pending is not None:
+            self._upgrade_h2c()
+            return True
+        return False
+
     def _on_request(self, head: _Head) -> None:
-        version = head.version
+        method, target, headers, version, keep_alive, upgrade, _, hosts, expect, te = head
         if version != "1.1" and version != "1.0":
             # llhttp parses HTTP/0.9 and 2.0 request lines too; `GET / HTTP/2.0` here is
             # not a request to hand to the app (RFC 9112 section 2.3).
             self._reject(505, f"HTTP/{version} is not served here")
             return
-        headers = head.headers
-        hosts = 0
-        expect = False
-        for name, value in headers:
-            if name == b"host":
-                hosts += 1
-            elif name == b"expect" and value.lower() == b"100-continue":
-                expect = version == "1.1"
-        if hosts > 1 or (hosts == 0 and version == "1.1"):
+        if hosts != 1 and (hosts > 1 or version == "1.1"):
             # RFC 9112 section 3.2: exactly one Host in HTTP/1.1.
             self._reject(400, "an HTTP/1.1 request needs exactly one Host header")
             return
-        method = head.method
-        websocket = head.upgrade and _is_websocket(method, headers)
+        expect = expect and version == "1.1"
+        websocket = upgrade and _is_websocket(method, headers)
         if websocket:
             problem = self._websocket_problem(headers)
             if problem:
@@ -527,16 +575,16 @@ class HTTP1Protocol(BaseConnection):
         self.response_done = False
         self.http10 = version == "1.0"
         self.head_request = method == b"HEAD"
-        self.cycle_keep_alive = head.keep_alive
+        self.cycle_keep_alive = keep_alive
         self.expect_100 = expect
-        request = Request(method.decode("ascii"), head.target, headers, expect, websocket)
+        request = Request(method.decode("ascii"), target, headers, expect, websocket)
         # Trailers only to a client that said it takes them (RFC 9110 section 10.1.4), in
         # a chunked body (HTTP/1.1); no 1xx responses to an HTTP/1.0 client (section 15.2).
         if self.http10:
             request.trailers = request.early_hints = False
         else:
-            request.trailers = _accepts_trailers(headers)
-        if head.upgrade and not websocket:
+            request.trailers = te
+        if upgrade and not websocket:
             settings = _h2c_settings(headers) if self.config.h2c else None
             if settings is not None and self.info.scheme == "http":
                 # Answer over HTTP/2 once the (bodiless) request is complete.
@@ -549,7 +597,11 @@ class HTTP1Protocol(BaseConnection):
             info = ConnectionInfo(
                 "1.0", old.scheme, old.client, old.server, old.extensions, old.response_headers
             )
-        stream = open_stream(self, self.stream_id, request, info, self.server)
+        stream: Stream
+        if websocket:
+            stream = open_stream(self, self.stream_id, request, info, self.server)
+        else:
+            stream = HTTPStream(self, self.stream_id, request, info, self.server)
         self.stream = stream
         stream.start()
 
@@ -648,6 +700,14 @@ class HTTP1Protocol(BaseConnection):
         ):
             # The usual response: one pass checks and encodes, and is the answer when the
             # app gave a plain content-length and nothing framing- or connection-related.
+            # Most responses repeat a head seen before (the same fields, the date of this
+            # second): then the head is the one made then, found by the fields themselves.
+            key = (status, *headers)
+            made = _HEADS.get(key)
+            if made is not None:
+                self._framing = _LENGTH
+                self._remaining = made[1]
+                return made[0]
             out = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
             checked = _CHECKED
             length = None
@@ -666,8 +726,13 @@ class HTTP1Protocol(BaseConnection):
             if length is not None and not special:
                 out.append(b"\r\n")
                 self._framing = _LENGTH
-                self._remaining = int(length)
-                return b"".join(out)
+                remaining = self._remaining = int(length)
+                head = b"".join(out)
+                if len(head) <= _HEAD_CACHE_SIZE:
+                    if len(_HEADS) >= _HEADS_MAX:
+                        _HEADS.clear()
+                    _HEADS[key] = (head, remaining)
+                return head
         return self._encode_head_slowly(status, headers)
 
     def _encode_head_slowly(self, status: int, headers: Headers) -> bytes:
@@ -734,29 +799,42 @@ class HTTP1Protocol(BaseConnection):
             return
         if self.server.shutting_down.is_set():
             self.keep_alive = False
-        try:
-            head = self._encode_head(status, headers)
-            if end:
+        made = None
+        if self.cycle_keep_alive and self.keep_alive and not self.head_request:
+            # A usual head made before (see _encode_head), found without that call.
+            made = _HEADS.get((status, *headers))
+        if made is not None:
+            head = made[0]
+            self._framing = _LENGTH
+            self._remaining = made[1]
+        else:
+            try:
+                head = self._encode_head(status, headers)
+            except ResponseError as exc:
+                self.close()
+                raise RuntimeError(f"invalid response head: {exc}") from None
+        if end:
+            try:
                 head += self._end_bytes()
-        except ResponseError as exc:
-            self.close()
-            raise RuntimeError(f"invalid response head: {exc}") from None
+            except ResponseError as exc:
+                self.close()
+                raise RuntimeError(f"invalid response head: {exc}") from None
         self.response_started = True
         self.expect_100 = False
         if end:
             self.transport.write(head)
             self._response_complete()
             return
-        # Held for the first body piece, which usually follows at once: one write, one
-        # packet. Should none follow in this loop turn (a streaming response that waits),
-        # it goes out alone.
+        # Held for the first body piece, which the stream sends at once (HeadHoldingWire):
+        # one write, one packet. Where it has none yet (a streaming response that waits)
+        # it calls flush_head.
         self._head_out = head
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush_head)
+
+    def flush_head(self, stream_id: int) -> None:
+        if stream_id == self.stream_id:
+            self._flush_head()
 
     def _flush_head(self) -> None:
-        self._flush_scheduled = False
         if self._head_out and not self.closed:
             self.transport.write(self._head_out)
         self._head_out = b""
@@ -796,8 +874,25 @@ class HTTP1Protocol(BaseConnection):
             elif self.write_paused:
                 await self.drain()
             return
+        size = len(data)
+        if self._framing == _LENGTH and size < 16384:
+            # The usual body: a content-length it fits (all of it, when it is the end).
+            remaining = self._remaining - size
+            if remaining == 0 or (remaining > 0 and not end):
+                self._remaining = remaining
+                head = self._head_out
+                if head:
+                    self._head_out = b""
+                    self.transport.write(head + data)
+                elif data:
+                    self.transport.write(data)
+                if end:
+                    self._response_complete()
+                elif self.write_paused:
+                    await self.drain()
+                return
         try:
-            out = self._frame(data, len(data)) if data else []
+            out = self._frame(data, size) if data else []
             if end:
                 out.append(self._end_bytes())
         except ResponseError as exc:
@@ -807,7 +902,7 @@ class HTTP1Protocol(BaseConnection):
         if head:
             self._head_out = b""
             out.insert(0, head)
-        if len(data) < 16384:
+        if size < 16384:
             self.transport.write(b"".join(out))
         else:
             self.transport.writelines(out)
@@ -978,14 +1073,17 @@ class HTTP1Protocol(BaseConnection):
                 self.read_paused = True
                 self.transport.pause_reading()
             return
-        self._next_cycle()
+        # _next_cycle, inline for the usual case: nothing queued, reading on.
+        self._idle_since = self.loop.time()
+        if self.queue or self.read_paused or self.held > self.read_high or self.in_head:
+            self._next_cycle()
 
     def _next_cycle(self) -> None:
         self._idle_since = self.loop.time()
         if self.queue:
             # Pipelined requests already parsed: the next one after this loop turn.
             self.loop.call_soon(self._handle_events)
-        else:
+        elif self.read_paused or self.held > self.read_high:
             self._check_reading()
         if self.in_head and self._header_timer is None:
             self._header_timer = self.loop.call_later(
@@ -1064,13 +1162,9 @@ def _is_websocket(method: bytes, headers: Headers) -> bool:
     return upgrade and connection
 
 
-def _accepts_trailers(headers: Headers) -> bool:
-    for name, value in headers:
-        if name == b"te" and b"trailers" in [
-            t.split(b";")[0].strip().lower() for t in value.split(b",")
-        ]:
-            return True
-    return False
+def _accepts_trailers(te: bytes) -> bool:
+    """A TE field value that names `trailers`."""
+    return b"trailers" in [t.split(b";")[0].strip().lower() for t in te.split(b",")]
 
 
 def _h2c_settings(headers: Headers) -> bytes | None:

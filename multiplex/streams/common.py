@@ -7,12 +7,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from multiplex.logs import access_line
 from multiplex.proxy import apply_proxy_headers
-from multiplex.streams.seam import ConnectionInfo, Request, ServerState
+from multiplex.streams.seam import ConnectionInfo, HeadHoldingWire, Request, ServerState, Wire
 
 access_logger = logging.getLogger("multiplex.access")
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
@@ -54,6 +54,13 @@ def base_scope(
     if server.config.proxy_headers:
         apply_proxy_headers(scope, server.config)
     return scope
+
+
+def flush_head(wire: Wire, stream_id: int) -> None:
+    """After `send_head(end=False)` with no body piece to send at once: a wire that
+    holds heads for the first body piece (`HeadHoldingWire`) sends it now."""
+    if getattr(wire, "holds_heads", False):
+        cast(HeadHoldingWire, wire).flush_head(stream_id)
 
 
 def start_app_task(server: ServerState, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

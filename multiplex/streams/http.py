@@ -16,12 +16,13 @@ import os
 import stat
 import time
 from collections import deque
+from collections.abc import Coroutine
 from email.utils import formatdate
 from typing import Any, cast
 
 from multiplex.errors import ClientDisconnected
 from multiplex.scheduling import DEFAULT_URGENCY, parse_priority
-from multiplex.streams.common import base_scope, log_access, start_app_task
+from multiplex.streams.common import base_scope, flush_head, log_access, start_app_task
 from multiplex.streams.seam import ConnectionInfo, FileWire, Headers, Request, ServerState, Wire
 
 logger = logging.getLogger("multiplex")
@@ -108,6 +109,7 @@ class HTTPStream:
         "request",
         "response_headers",
         "scope",
+        "seen",
         "server",
         "start_time",
         "state",
@@ -147,6 +149,9 @@ class HTTPStream:
         self.status = 0
         # response_headers is set by http.response.start (or the 413/500 the server
         # answers itself) before anything reads it: no empty list per stream meanwhile.
+        # Which of date, server and a length `response_headers` has (_SEEN_* bits), when
+        # known without a walk over them; -1 when not.
+        self.seen = -1
         self.trailers = False  # the app announced trailers in http.response.start
         self.trailer_fields: Headers | None = None  # made by the first trailers message
         self.body_bytes = 0
@@ -156,11 +161,8 @@ class HTTPStream:
         self.waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.start_time = 0.0
-        self.scope = self._build_scope()
-
-    def _build_scope(self) -> dict[str, Any]:
-        info = self.info
-        request = self.request
+        # The scope (built here rather than in a method of its own: one call less for
+        # every request).
         extensions = dict(info.extensions)
         extensions["http.response.pathsend"] = {}
         if getattr(self.wire, "zero_copy", False):
@@ -177,17 +179,21 @@ class HTTPStream:
             }
         if request.push:
             extensions["http.response.push"] = {}
-        scope = base_scope("http", request, info, self.server, info.scheme, extensions)
-        scope["method"] = self.request.method
-        return scope
+        scope = self.scope = base_scope("http", request, info, server, info.scheme, extensions)
+        scope["method"] = request.method
 
     # --- from the wire ---------------------------------------------------------------
 
     def start(self) -> None:
         self.start_time = time.monotonic()
-        if self._declared_too_large():
-            self.task = start_app_task(self.server, self._too_large(run_app=False))
-            return
+        for name, value in self.request.headers:
+            # A declared body over max_body_size is refused before the app runs (a walk
+            # here rather than in a method: one call less for every request).
+            if name == b"content-length":
+                if self._declared_too_large(value):
+                    self.task = start_app_task(self.server, self._too_large(run_app=False))
+                    return
+                break
         # The app task, tracked by `_run` itself: start_app_task's wrapper coroutine
         # would cost a second coroutine and frame for every request.
         task = self.task = asyncio.get_running_loop().create_task(self._run())
@@ -210,14 +216,11 @@ class HTTPStream:
         self.chunks.append(data)
         self._wake()
 
-    def _declared_too_large(self) -> bool:
-        for name, value in self.request.headers:
-            if name == b"content-length":
-                try:
-                    return int(value) > self.server.config.max_body_size
-                except ValueError:
-                    return False  # the wire protocol rejects a bad length itself
-        return False
+    def _declared_too_large(self, length: bytes) -> bool:
+        try:
+            return int(length) > self.server.config.max_body_size
+        except ValueError:
+            return False  # the wire protocol rejects a bad length itself
 
     async def _too_large(self, run_app: bool) -> None:
         """413 Content Too Large, if no response went out yet; else the stream is reset.
@@ -232,6 +235,7 @@ class HTTPStream:
                 self.state = RESPONSE_DONE
                 self.status = 413
                 body = b"Content Too Large\n"
+                self.seen = -1
                 self.response_headers = [
                     (b"content-type", b"text/plain; charset=utf-8"),
                     (b"connection", b"close"),  # HTTP/1.1: the rest of the body is not read
@@ -305,7 +309,9 @@ class HTTPStream:
         state = self.state
         if kind == "http.response.body":
             if state == RESPONSE_STARTED or state == RESPONSE_BODY:
-                await self._send_body(message)
+                pending = self._body(message)
+                if pending is not None:
+                    await pending
                 return
         elif kind == "http.response.start":
             if state == REQUEST:
@@ -352,7 +358,7 @@ class HTTPStream:
                     " (use the early hints extension for 103)"
                 )
             raise TypeError(f"http.response.start: status must be an int 200-599, got {status!r}")
-        headers = _header_pairs("http.response.start", message.get("headers", ()))
+        headers, self.seen = _response_fields(message.get("headers", ()))
         self.status = status
         self.response_headers = headers
         self.trailers = bool(message.get("trailers", False))
@@ -441,29 +447,47 @@ class HTTPStream:
     def _final_headers(self, length: int | None) -> Headers:
         """The app's headers plus server, date and (when the body is known) length."""
         headers = self.response_headers
-        have_date = have_server = have_length = False
-        for name, _ in headers:
-            if name == b"date":
-                have_date = True
-            elif name == b"server":
-                have_server = True
-            elif name == b"content-length" or name == b"transfer-encoding":
-                have_length = True
+        seen = self.seen
+        if seen < 0:
+            seen = _seen(headers)
         config = self.server.config
-        if not have_server and config.server_header:
+        if not seen & _SEEN_SERVER and config.server_header:
             headers.append((b"server", config.server_header.encode("latin-1")))
-        if not have_date and config.date_header:
+        if not seen & _SEEN_DATE and config.date_header:
             headers.append((b"date", http_date()))
         if self.info.response_headers:
             headers.extend(self.info.response_headers)
-        if length is not None and not have_length and not _no_body_status(self.status):
-            headers.append((b"content-length", str(length).encode("ascii")))
+        if length is not None and not seen & _SEEN_LENGTH:
+            status = self.status
+            if status >= 200 and status != 204 and status != 304:
+                headers.append((b"content-length", b"%d" % length))
         return headers
 
-    async def _send_body(self, message: dict[str, Any]) -> None:
+    def _body(self, message: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
+        """An `http.response.body`: what goes to the wire at once goes now; what is
+        returned (the wire's send_body) is for the caller to await. Not a coroutine
+        itself: one coroutine less for every response."""
+        body = message.get("body", b"")
+        if (
+            self.state == RESPONSE_STARTED
+            and type(body) is bytes
+            and not message.get("more_body", False)
+            and not self.trailers
+            and not self.head_only
+            and not self.disconnected
+            and self.status != 204
+            and self.status != 304
+        ):
+            # The usual response, one body message: the general case below, shortened.
+            self.state = RESPONSE_DONE
+            wire = self.wire
+            wire.send_head(self.stream_id, self.status, self._final_headers(len(body)), not body)
+            if body:
+                self.body_bytes = len(body)
+                return wire.send_body(self.stream_id, body, True)
+            return None
         if self.disconnected:
             raise ClientDisconnected(f"stream {self.stream_id}: client disconnected")
-        body = message.get("body", b"")
         if type(body) is not bytes:
             if isinstance(body, (bytearray, memoryview)):
                 body = bytes(body)
@@ -478,7 +502,8 @@ class HTTPStream:
         # A HEAD response carries the length a GET would have had, when the app gave the
         # body; an app that gave none for HEAD does not know it, so none is claimed.
         known = len(body) if (body or not self.head_only) and not self.trailers else None
-        if self.head_only or _no_body_status(self.status):
+        status = self.status
+        if self.head_only or status < 200 or status == 204 or status == 304:
             body = b""  # the head says what the body would be; none goes out
         wire = self.wire
         if self.state == RESPONSE_STARTED:
@@ -490,17 +515,19 @@ class HTTPStream:
                 )
                 if body:
                     self.body_bytes += len(body)
-                    await wire.send_body(self.stream_id, body, end)
-                return
+                    return wire.send_body(self.stream_id, body, end)
+                return None
             wire.send_head(self.stream_id, self.status, self._final_headers(None), False)
+            if not body:
+                flush_head(wire, self.stream_id)  # the head goes now, the body later
         if not more:
             self.state = RESPONSE_DONE if end else RESPONSE_TRAILERS
             if not end and not body:
-                return
+                return None
         elif not body:
-            return
+            return None
         self.body_bytes += len(body)
-        await wire.send_body(self.stream_id, body, end)
+        return wire.send_body(self.stream_id, body, end)
 
     async def _pathsend(self, message: dict[str, Any]) -> None:
         """asgiref Path Send: the whole body is the file at `path`, read in bounded
@@ -573,7 +600,9 @@ class HTTPStream:
         if self.disconnected:
             raise ClientDisconnected(f"stream {self.stream_id}: client disconnected")
         if self.head_only or _no_body_status(self.status) or count == 0:
-            await self._send_body({"body": b"", "more_body": more})
+            pending = self._body({"body": b"", "more_body": more})
+            if pending is not None:
+                await pending
             return
         end = not more and not self.trailers
         if self.state == RESPONSE_STARTED:
@@ -632,6 +661,7 @@ class HTTPStream:
         self.status = 500
         self.state = RESPONSE_DONE
         body = b"Internal Server Error"
+        self.seen = -1
         self.response_headers = [(b"content-type", b"text/plain; charset=utf-8")]
         headers = self._final_headers(len(body))
         self.wire.send_head(self.stream_id, 500, headers, self.head_only)
@@ -650,6 +680,58 @@ class HTTPStream:
     def _log_access(self) -> None:
         status = self.status if self.state == RESPONSE_DONE else 0
         log_access(self.request, self.scope, status, self.body_bytes, self.start_time)
+
+
+# What `_seen` notes of a response's fields.
+_SEEN_DATE, _SEEN_SERVER, _SEEN_LENGTH = 1, 2, 4
+
+# http.response.start headers already validated, by the app's items themselves: the
+# pairs as `_header_pairs` made them and what `_seen` noted. Most apps send the same
+# few lists again and again. Bounded: emptied when full.
+_STARTS: dict[tuple[Any, ...], tuple[tuple[tuple[bytes, bytes], ...], int]] = {}
+_STARTS_MAX = 1024
+_START_CACHE_SIZE = 2048  # bytes of names and values: larger field lists are not kept
+
+
+def _seen(headers: Headers) -> int:
+    """Which of date, server and a length (content-length or transfer-encoding) the
+    fields have, as _SEEN_* bits."""
+    seen = 0
+    for name, _ in headers:
+        if name == b"date":
+            seen |= _SEEN_DATE
+        elif name == b"server":
+            seen |= _SEEN_SERVER
+        elif name == b"content-length" or name == b"transfer-encoding":
+            seen |= _SEEN_LENGTH
+    return seen
+
+
+def _response_fields(items: Any) -> tuple[Headers, int]:
+    """`_header_pairs` and `_seen` of http.response.start's headers, from `_STARTS` when
+    the same items came before. Items equal to ones validated before validate the same
+    (a list item, unhashable, takes the long way)."""
+    try:
+        key = tuple(items)
+    except TypeError:  # not iterable: _header_pairs says so
+        return _fields_and_seen(items, None)
+    try:
+        made = _STARTS.get(key)
+    except TypeError:  # an unhashable item (a list)
+        return _fields_and_seen(key, None)
+    if made is not None:
+        return list(made[0]), made[1]
+    return _fields_and_seen(key, key)
+
+
+def _fields_and_seen(items: Any, key: tuple[Any, ...] | None) -> tuple[Headers, int]:
+    headers = _header_pairs("http.response.start", items)
+    seen = _seen(headers)
+    if key is not None and sum(len(n) + len(v) for n, v in headers) <= _START_CACHE_SIZE:
+        if len(_STARTS) >= _STARTS_MAX:
+            _STARTS.clear()
+        _STARTS[key] = (tuple(headers), seen)
+    return headers, seen
 
 
 def _header_pairs(kind: str, items: Any) -> Headers:

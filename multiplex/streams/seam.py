@@ -67,6 +67,19 @@ class FileWire(Wire, Protocol):
         with the same backpressure and errors as `send_body`."""
 
 
+class HeadHoldingWire(Wire, Protocol):
+    """A `Wire` that holds the head of `send_head(end=False)` for the body piece that
+    follows (HTTP/1.1: head and body in one write, so one packet, with no loop callback
+    to let the head go on its own). The stream sends a body piece (`send_body`,
+    `send_file`, `send_trailers`) right after such a head; where it has none to send
+    at once, it calls `flush_head`. A `reset` lets a held head go first."""
+
+    holds_heads: bool  # True where this applies
+
+    def flush_head(self, stream_id: int) -> None:
+        """Send the held head now: no body piece follows at once."""
+
+
 class WebSocketWire(Wire, Protocol):
     """A `Wire` that can carry WebSockets: the one verb where protocols differ.
 

@@ -44,7 +44,7 @@ from wsproto.frame_protocol import (
 )
 
 from multiplex.errors import ClientDisconnected
-from multiplex.streams.common import base_scope, log_access, start_app_task
+from multiplex.streams.common import base_scope, flush_head, log_access, start_app_task
 from multiplex.streams.http import http_date
 from multiplex.streams.seam import (
     ConnectionInfo,
@@ -752,6 +752,8 @@ class WebSocketStream:
                 await self._respond(status, headers, body)
                 return
             self.wire.send_head(self.stream_id, status, self._final_headers(headers, None), False)
+            if not body:
+                flush_head(self.wire, self.stream_id)  # the head goes now, the body later
         if not more:
             self.state = RESPONDED
         elif not body:
