@@ -196,7 +196,7 @@ class HTTPStream:
                 break
         # The app task, tracked by `_run` itself: start_app_task's wrapper coroutine
         # would cost a second coroutine and frame for every request.
-        task = self.task = asyncio.get_running_loop().create_task(self._run())
+        task = self.task = self.wire.loop.create_task(self._run())
         self.server.tasks.add(task)
 
     def feed_body(self, data: bytes) -> None:
@@ -298,7 +298,7 @@ class HTTPStream:
                 self.expect_continue = False
                 if self.state == REQUEST:
                     self.wire.send_informational(self.stream_id, 100, [])
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.wire.loop.create_future()
             self.waiter = waiter
             await waiter
 

@@ -21,6 +21,11 @@ Headers = list[tuple[bytes, bytes]]
 class Wire(Protocol):
     """What a stream may ask of the connection that carries it."""
 
+    # The connection's event loop. Streams take it from here rather than from
+    # `asyncio.get_running_loop()`, which on CPython before 3.12 makes a getpid() system
+    # call each time (its check for a fork): one or two per request otherwise.
+    loop: asyncio.AbstractEventLoop
+
     def send_informational(self, stream_id: int, status: int, headers: Headers) -> None:
         """Send a 1xx response head (100 Continue, 103 Early Hints)."""
 
