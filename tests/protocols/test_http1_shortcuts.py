@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from interop.benchmarks.h1cost import FakeTransport
 from multiplex.config import Config
 from multiplex.protocols import http1
 from multiplex.protocols.http1 import HTTP1Protocol
@@ -26,43 +27,17 @@ GET = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
 App = Callable[[dict[str, Any], Any, Any], Any]
 
 
-class Transport:
-    """What HTTP1Protocol asks of its transport, keeping what it writes."""
+class Transport(FakeTransport):
+    """h1cost's in-memory transport (what HTTP1Protocol asks of one), keeping what is
+    written."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.out = bytearray()
-        self.closing = False
 
     def write(self, data: bytes) -> None:
         self.out += data
-
-    def writelines(self, pieces: Any) -> None:
-        for piece in pieces:
-            self.out += piece
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
+        super().write(data)
 
 
 async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
