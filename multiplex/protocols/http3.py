@@ -113,6 +113,8 @@ class H3Protocol(PendingSends):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_scheduled = False
+        # Apps were started after this turn's transmit was scheduled: see `_turn_end`.
+        self._apps_behind = False
         self._goaway_id: int | None = None
         self._close_when_drained = False
         self._highest_request_id = -4
@@ -262,6 +264,8 @@ class H3Protocol(PendingSends):
         if isinstance(stream, WebTransportStream):
             self._wt_sessions[stream_id] = stream
         stream.start()
+        if self._transmit_scheduled:
+            self._apps_behind = True
         if event.stream_ended:
             stream.feed_end()
 
@@ -351,7 +355,20 @@ class H3Protocol(PendingSends):
     def _transmit_soon(self) -> None:
         if not self._transmit_scheduled:
             self._transmit_scheduled = True
-            self.loop.call_soon(self.transmit)
+            self.loop.call_soon(self._turn_end)
+
+    def _turn_end(self) -> None:
+        """The turn's output goes out after the first step of every app started in it.
+        When several datagrams arrive in one turn, the first schedules this before the
+        requests of the next have started their apps: run now, it would send this
+        turn's ACKs in a packet of their own, and the responses those apps write at
+        once in a second one (and pay a second visit of every stream). So it waits
+        one callback more, behind those apps' first steps."""
+        if self._apps_behind:
+            self._apps_behind = False
+            self.loop.call_soon(self._turn_end)
+            return
+        self.transmit()
 
     def _drained(self) -> bool:
         """Every response has been delivered: all data and FINs (or resets) acknowledged.
