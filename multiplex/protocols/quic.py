@@ -33,6 +33,7 @@ from aioquic.tls import SessionTicket
 
 from multiplex.config import Config
 from multiplex.protocols.limits import RateWindow, over_connection_limit
+from multiplex.protocols.quic_output import write_application
 from multiplex.protocols.quic_stateless import (
     connection_refused,
     retry_token_handler,
@@ -161,6 +162,9 @@ class CreditedQuicConnection(QuicConnection):
         self.unread -= unread
         self._discounted.discard(stream_id)
         self.credited_uni.discard(stream_id)
+
+    # aioquic's, with leaner walks over the streams for every packet (see quic_output).
+    _write_application = write_application
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         limit = self._local_max_data
