@@ -17,6 +17,8 @@ found:
   would return at once);
 - a stream with nothing to send, reset, stop or discard is passed over after reading
   four attributes, without calls;
+- once the packet has no room for any STREAM frame header, streams with data are passed
+  over too, without the call that would say so;
 - the queue is rebuilt only when a stream sent or was discarded, and the streams that
   sent go to its end in the order they were served (aioquic appends them in a set's
   order, which is arbitrary).
@@ -35,6 +37,10 @@ from aioquic.quic.connection import QuicNetworkPath, stream_is_client_initiated
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder, QuicPacketBuilderStop
 from aioquic.quic.stream import QuicStream
+
+# A STREAM frame's type, stream ID (at least one byte) and length (two): less room than
+# this, and no stream can put a frame in the packet.
+SMALLEST_STREAM_FRAME_HEADER = 4
 
 
 def write_application(
@@ -164,6 +170,8 @@ def write_application(
 
         sent: list[QuicStream] = []
         discarded: list[QuicStream] = []
+        # Room left in the packet, read again after every frame the walk writes.
+        room = builder.remaining_flight_space
         try:
             for stream in self._streams_queue:
                 sender = stream.sender
@@ -191,12 +199,19 @@ def write_application(
                 if receiver.stop_pending:
                     # STOP_SENDING
                     self._write_stop_sending_frame(builder=builder, stream=stream)
+                    room = builder.remaining_flight_space
 
                 if sender.reset_pending:
                     # RESET_STREAM
                     self._write_reset_stream_frame(builder=builder, stream=stream)
+                    room = builder.remaining_flight_space
                 elif not stream.is_blocked and not sender.buffer_is_empty:
                     # STREAM
+                    if room < SMALLEST_STREAM_FRAME_HEADER and sender._reset_error_code is None:
+                        # The packet is full: CreditedQuicConnection._write_stream_frame
+                        # would answer 0 without a change. Once a packet is full, every
+                        # stream still waiting used to be offered to it in turn.
+                        continue
                     used = self._write_stream_frame(
                         builder=builder,
                         space=space,
@@ -211,6 +226,7 @@ def write_application(
                     self._remote_max_data_used += used
                     if used > 0:
                         sent.append(stream)
+                    room = builder.remaining_flight_space  # a FIN alone uses 0 bytes of data
 
         finally:
             # A new stream service order, the ones served at the end, kept even if an

@@ -136,17 +136,25 @@ def _scenario(certs: Any) -> tuple[list[list[dict[str, Any]]], int]:
 
 
 def test_packet_writer_agrees_with_aioquic(dev_certs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    limits_calls = 0
+    limits_calls = frame_calls = 0
     ours_limits = CreditedQuicConnection._write_stream_limits
+    ours_frame = CreditedQuicConnection._write_stream_frame
 
     def counted(self: Any, builder: Any, space: Any, stream: Any) -> None:
         nonlocal limits_calls
         limits_calls += 1
         ours_limits(self, builder, space, stream)
 
+    def counted_frame(self: Any, *args: Any, **kwargs: Any) -> int:
+        nonlocal frame_calls
+        frame_calls += 1
+        return ours_frame(self, *args, **kwargs)
+
     monkeypatch.setattr(CreditedQuicConnection, "_write_stream_limits", counted)
+    monkeypatch.setattr(CreditedQuicConnection, "_write_stream_frame", counted_frame)
     ours, ours_left = _scenario(dev_certs)
     ours_calls, limits_calls = limits_calls, 0
+    ours_frames, frame_calls = frame_calls, 0
 
     def aioquics(self: Any, *args: Any, **kwargs: Any) -> None:
         # Only while it writes: the module's other uses of set() stay as they are.
@@ -160,6 +168,7 @@ def test_packet_writer_agrees_with_aioquic(dev_certs: Any, monkeypatch: pytest.M
         patched.setattr(CreditedQuicConnection, "_write_application", aioquics)
         theirs, theirs_left = _scenario(dev_certs)
     theirs_calls = limits_calls
+    theirs_frames = frame_calls
 
     assert len(ours) > 30  # many packets, so the comparison covers something
     assert any(len(frames) > 10 for frames in ours)  # packets with many stream frames
@@ -168,3 +177,5 @@ def test_packet_writer_agrees_with_aioquic(dev_certs: Any, monkeypatch: pytest.M
     # The short road was taken: streams whose final size is known were passed over
     # without the call aioquic makes for each.
     assert 0 < ours_calls < theirs_calls / 2, (ours_calls, theirs_calls)
+    # ... and streams offered to a full packet were passed over without the call.
+    assert 0 < ours_frames < theirs_frames, (ours_frames, theirs_frames)
