@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import ssl
+import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -23,6 +27,9 @@ from multiplex.config import Config
 from multiplex.protocols.http2 import H2Protocol
 from multiplex.streams.http import HTTPStream
 from multiplex.streams.seam import ConnectionInfo, ServerState
+from tests import apps
+from tests.conftest import RunningServer
+from tests.protocols.h2raw import RawH2, request_headers
 
 
 @pytest.fixture
@@ -137,3 +144,102 @@ def test_the_serving_process_raises_the_young_threshold() -> None:
     finally:
         gc.set_threshold(*before)
     assert Config().gc_young_threshold == 20_000
+
+
+# --- a closed connection --------------------------------------------------------------
+#
+# Over a real socket: the server runs in a thread of this process (tests/conftest.py), so
+# `gc.disable()` holds for it too. Once the client has gone and the connection's streams
+# have finished, the protocol, its h2 connection and the transport must be freed by
+# reference counting alone. An idle connection lives as long as its client wants; a
+# closed one left in reference cycles would wait for a collection, rare in a serving
+# process (gc_young_threshold), and be promoted by those it survives.
+
+
+def _h2_connection_objects(running: RunningServer) -> list[weakref.ref[object]]:
+    """Weak references to the objects of the server's one HTTP/2 connection."""
+
+    def grab() -> list[weakref.ref[object]]:
+        state = running.server.state
+        assert state is not None
+        (proto,) = [c for c in state.connections if isinstance(c, H2Protocol)]
+        return [weakref.ref(proto), weakref.ref(proto.h2)]
+
+    refs: list[weakref.ref[object]] = running.call(grab)
+    return refs
+
+
+def _settle_until_freed(running: RunningServer, refs: list[weakref.ref[object]]) -> list[str]:
+    """Let the server's loop run until the objects are gone (bounded, not timed); the
+    types of those still alive."""
+    pause = threading.Event()
+    for _ in range(300):
+        running.call(lambda: None)  # a turn of the server's loop, at least
+        if all(ref() is None for ref in refs):
+            break
+        pause.wait(0.01)
+    return [type(obj).__name__ for obj in (ref() for ref in refs) if obj is not None]
+
+
+def _server_garbage() -> list[str]:
+    """The types of the objects only a collection would free, of the server's libraries
+    (the test's own client, in this process, is not looked at)."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        garbage = [f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    ours = ("multiplex.", "h2.", "hpack.")
+    return sorted(name for name in garbage if name.startswith(ours))
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+@pytest.mark.usefixtures("no_gc")
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_a_closed_connection_is_freed_by_refcount(
+    run_server: Callable[..., RunningServer], tls_config: dict[str, Any], tls: bool
+) -> None:
+    running = run_server(apps.hello, **(tls_config if tls else {"h2c": True}))
+    gc.collect()  # what starting the server left (the collector is off)
+    with RawH2(running.port, tls=_tls_context() if tls else None) as client:
+        client.handshake()
+        for stream_id in (1, 3, 5):
+            client.send_headers(stream_id, request_headers())
+            assert client.read_response(stream_id).status == 200
+        refs = _h2_connection_objects(running)
+    assert _settle_until_freed(running, refs) == []
+    assert _server_garbage() == []
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_a_connection_closed_under_a_running_stream_is_freed_by_refcount(
+    run_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream's task outlives the connection: it answers (Wire verbs after
+    connection_lost) and ends only then, and must find the connection usable: what
+    its send raises is the client's disconnect, nothing logged as an error."""
+    gate = apps.Gate()
+    running = run_server(gate, h2c=True)
+    gc.collect()
+    with RawH2(running.port) as client:
+        client.handshake()
+        client.send_headers(1, request_headers("/wait"))
+        client.send_headers(3, request_headers("/now"))
+        assert client.read_response(3).status == 200
+        refs = _h2_connection_objects(running)
+    running.call(lambda: None)
+    assert not running.call(lambda: all(ref() is None for ref in refs))  # the task holds it
+    gate.release(running.loop)
+    assert _settle_until_freed(running, refs) == []
+    assert gate.completed == ["/now"]  # /wait's send raised: its client is gone
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert _server_garbage() == []
