@@ -1,4 +1,5 @@
-"""Object lifetimes on the HTTP/2 hot path: what a finished request leaves behind.
+"""Object lifetimes on the HTTP/2 hot path: what a finished request, and a closed
+connection, leave behind.
 
 Under many concurrent streams the garbage collector's cost grows with the objects that
 are alive when it runs (it runs mid-burst, while a loop turn's new streams wait for
@@ -14,9 +15,8 @@ import asyncio
 import gc
 import logging
 import ssl
-import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,16 +30,7 @@ from multiplex.streams.seam import ConnectionInfo, ServerState
 from tests import apps
 from tests.conftest import RunningServer
 from tests.protocols.h2raw import RawH2, request_headers
-
-
-@pytest.fixture
-def no_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+from tests.protocols.lifetime import connection_refs, server_garbage, settle_until_freed
 
 
 async def _serve_one_batch() -> tuple[H2Protocol, list[weakref.ref[object]], list[HTTPStream]]:
@@ -150,49 +141,15 @@ def test_the_serving_process_raises_the_young_threshold() -> None:
 #
 # Over a real socket: the server runs in a thread of this process (tests/conftest.py), so
 # `gc.disable()` holds for it too. Once the client has gone and the connection's streams
-# have finished, the protocol, its h2 connection and the transport must be freed by
-# reference counting alone. An idle connection lives as long as its client wants; a
+# have finished, the protocol and its h2 connection must be freed by reference counting
+# alone. An idle connection lives as long as its client wants; a
 # closed one left in reference cycles would wait for a collection, rare in a serving
 # process (gc_young_threshold), and be promoted by those it survives.
 
 
 def _h2_connection_objects(running: RunningServer) -> list[weakref.ref[object]]:
-    """Weak references to the objects of the server's one HTTP/2 connection."""
-
-    def grab() -> list[weakref.ref[object]]:
-        state = running.server.state
-        assert state is not None
-        (proto,) = [c for c in state.connections if isinstance(c, H2Protocol)]
-        return [weakref.ref(proto), weakref.ref(proto.h2)]
-
-    refs: list[weakref.ref[object]] = running.call(grab)
-    return refs
-
-
-def _settle_until_freed(running: RunningServer, refs: list[weakref.ref[object]]) -> list[str]:
-    """Let the server's loop run until the objects are gone (bounded, not timed); the
-    types of those still alive."""
-    pause = threading.Event()
-    for _ in range(300):
-        running.call(lambda: None)  # a turn of the server's loop, at least
-        if all(ref() is None for ref in refs):
-            break
-        pause.wait(0.01)
-    return [type(obj).__name__ for obj in (ref() for ref in refs) if obj is not None]
-
-
-def _server_garbage() -> list[str]:
-    """The types of the objects only a collection would free, of the server's libraries
-    (the test's own client, in this process, is not looked at)."""
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        garbage = [f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-    ours = ("multiplex.", "h2.", "hpack.")
-    return sorted(name for name in garbage if name.startswith(ours))
+    """Weak references to the server's HTTP/2 connection and its h2 state machine."""
+    return connection_refs(running, H2Protocol, lambda proto: (proto, proto.h2))
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -216,8 +173,8 @@ def test_a_closed_connection_is_freed_by_refcount(
             client.send_headers(stream_id, request_headers())
             assert client.read_response(stream_id).status == 200
         refs = _h2_connection_objects(running)
-    assert _settle_until_freed(running, refs) == []
-    assert _server_garbage() == []
+    assert settle_until_freed(running, refs) == []
+    assert server_garbage() == []
 
 
 @pytest.mark.usefixtures("no_gc")
@@ -239,7 +196,7 @@ def test_a_connection_closed_under_a_running_stream_is_freed_by_refcount(
     running.call(lambda: None)
     assert not running.call(lambda: all(ref() is None for ref in refs))  # the task holds it
     gate.release(running.loop)
-    assert _settle_until_freed(running, refs) == []
+    assert settle_until_freed(running, refs) == []
     assert gate.completed == ["/now"]  # /wait's send raised: its client is gone
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
-    assert _server_garbage() == []
+    assert server_garbage() == []
