@@ -46,7 +46,9 @@ def settle_until_freed(
     return [type(obj).__name__ for obj in (ref() for ref in refs) if obj is not None]
 
 
-def server_garbage(modules: tuple[str, ...] = ("multiplex.", "h2.", "hpack.")) -> list[str]:
+def server_garbage(
+    modules: tuple[str, ...] = ("multiplex.", "h2.", "hpack.", "asyncio."),
+) -> list[str]:
     """The types, from `modules`, of the objects only a collection would free. (The
     test's own client runs in this process too: its libraries are left out.)"""
     gc.set_debug(gc.DEBUG_SAVEALL)

@@ -32,6 +32,11 @@ def _connect(running: RunningServer, tls: bool) -> socket.socket:
     return sock
 
 
+def _parts(proto: HTTP1Protocol) -> set[object]:
+    """The protocol and its transports (under TLS, the SSL layer's and the socket's)."""
+    return {proto, proto.transport, proto._socket_transport}
+
+
 def _get(sock: socket.socket, path: str = "/") -> bytes:
     """One keep-alive request; the response's head (the body is read and dropped)."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
@@ -63,7 +68,7 @@ def test_a_closed_connection_is_freed_by_refcount(
     with _connect(running, tls) as sock:
         for _ in range(3):
             assert _get(sock).startswith(b"HTTP/1.1 200 ")
-        refs = connection_refs(running, HTTP1Protocol, lambda proto: (proto,))
+        refs = connection_refs(running, HTTP1Protocol, _parts)
     assert settle_until_freed(running, refs) == []
     assert server_garbage() == []
 
@@ -80,7 +85,7 @@ def test_a_connection_upgraded_to_h2c_is_freed_by_refcount(
     sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
     with H2Client(running.port, sock=sock, upgrade_settings=True) as client:
         assert _get(sock).startswith(b"HTTP/1.1 200 ")
-        refs = connection_refs(running, HTTP1Protocol, lambda proto: (proto,))
+        refs = connection_refs(running, HTTP1Protocol, _parts)
         settings = client.conn.initiate_upgrade_connection().decode()
         sock.sendall(
             b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n"
@@ -101,9 +106,10 @@ def test_a_connection_upgraded_to_h2c_is_freed_by_refcount(
         assert response.status == 200
         assert client.get("/second").status == 200  # stream 3, over HTTP/2
         refs += connection_refs(running, H2Protocol, lambda proto: (proto, proto.h2))
+        # (the transport is the same: _parts of the HTTP/1.1 protocol had it)
     assert settle_until_freed(running, refs) == []
     # The client's h2 runs in this process: only the server's own types count.
-    assert server_garbage(("multiplex.",)) == []
+    assert server_garbage(("multiplex.", "asyncio.")) == []
 
 
 @pytest.mark.usefixtures("no_gc")
@@ -118,7 +124,7 @@ def test_a_connection_closed_under_a_running_request_is_freed_by_refcount(
     with _connect(running, tls=False) as sock:
         assert _get(sock, "/now").startswith(b"HTTP/1.1 200 ")
         sock.sendall(b"GET /wait HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        refs = connection_refs(running, HTTP1Protocol, lambda proto: (proto,))
+        refs = connection_refs(running, HTTP1Protocol, _parts)
         running.call(lambda: None)
     assert settle_until_freed(running, refs, turns=5) != []  # the task holds it
     gate.release(running.loop)

@@ -141,15 +141,20 @@ def test_the_serving_process_raises_the_young_threshold() -> None:
 #
 # Over a real socket: the server runs in a thread of this process (tests/conftest.py), so
 # `gc.disable()` holds for it too. Once the client has gone and the connection's streams
-# have finished, the protocol and its h2 connection must be freed by reference counting
-# alone. An idle connection lives as long as its client wants; a
+# have finished, the protocol, its h2 connection and the transport must be freed by
+# reference counting alone. An idle connection lives as long as its client wants; a
 # closed one left in reference cycles would wait for a collection, rare in a serving
 # process (gc_young_threshold), and be promoted by those it survives.
 
 
 def _h2_connection_objects(running: RunningServer) -> list[weakref.ref[object]]:
-    """Weak references to the server's HTTP/2 connection and its h2 state machine."""
-    return connection_refs(running, H2Protocol, lambda proto: (proto, proto.h2))
+    """Weak references to the server's HTTP/2 connection, its h2 state machine and its
+    transports (under TLS, the SSL layer's and the socket's below it)."""
+    return connection_refs(
+        running,
+        H2Protocol,
+        lambda proto: {proto, proto.h2, proto.transport, proto._socket_transport},
+    )
 
 
 def _tls_context() -> ssl.SSLContext:
