@@ -26,6 +26,7 @@ class BaseConnection(asyncio.Protocol):
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._socket_transport: object = None  # see _release_socket_transport
         self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -34,6 +35,10 @@ class BaseConnection(asyncio.Protocol):
         # Pause writes (and so `send()`) once this much is queued in the transport.
         self.transport.set_write_buffer_limits(high=self.config.write_buffer_high)
         self.server.connections.add(self)
+        # Under asyncio's TLS the socket's own transport is below the SSL layer, which
+        # lets go of it before telling us the connection is lost: found now.
+        ssl_layer = getattr(transport, "_ssl_protocol", None)
+        self._socket_transport = getattr(ssl_layer, "_transport", None) or transport
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -87,6 +92,19 @@ class BaseConnection(asyncio.Protocol):
             self._stall_timer.cancel()
             self._stall_timer = None
         self._wake_drain()
+        self._release_socket_transport()
+
+    def _release_socket_transport(self) -> None:
+        """asyncio's socket transport (the selector event loop's, not uvloop's) keeps
+        its read callback, a bound method of itself, after the connection is lost: a
+        reference cycle that left the transport and its socket to the cyclic collector.
+        CPython clears it in close() from 3.12 on (gh-100348), still not when the
+        transport is aborted or fails; this does the same for every way a connection
+        ends. Safe: by connection_lost the transport has removed its reader and closed
+        its socket, so nothing calls that callback again."""
+        transport, self._socket_transport = self._socket_transport, None
+        if getattr(transport, "_read_ready_cb", None) is not None:
+            transport._read_ready_cb = None  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Close after what is queued has been written."""

@@ -661,6 +661,7 @@ class HTTP1Protocol(BaseConnection):
         self._cancel_timers()
         self.server.connections.discard(self)
         self.closed = True  # this object is done; the transport lives on under h2
+        self._release_parser()  # and no connection_lost will come to do it
         old = self.info
         info = ConnectionInfo(
             "2", old.scheme, old.client, old.server, old.extensions, old.response_headers
@@ -1145,8 +1146,24 @@ class HTTP1Protocol(BaseConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._cancel_timers()
-        if self.stream is not None:
-            self.stream.feed_disconnect()
+        self._release_parser()
+        # The stream holds this protocol (its wire) and we held it: a reference cycle
+        # when the connection ends under a request (or after one the connection was
+        # closed for). Its task, if still running, keeps it alive; the Wire verbs it may
+        # yet call go by stream ID, not by this reference.
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.feed_disconnect()
+
+    def _release_parser(self) -> None:
+        """The parser holds its callbacks, bound methods of this protocol: a reference
+        cycle, which left every closed connection to the cyclic collector (rare in a
+        serving process: gc_young_threshold). Once the connection is done it gets a
+        parser with no callbacks. Nothing feeds a closed connection's parser: no bytes
+        come after connection_lost (or, after an h2c upgrade, they go to HTTP/2), and
+        _handle_events, which a late loop turn may run, stops at `closed`; were it fed
+        all the same, it would parse and call nothing."""
+        self.parser = httptools.HttpRequestParser(None)
 
 
 def _is_websocket(method: bytes, headers: Headers) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import h2.config
@@ -81,6 +82,13 @@ class _Connection(h2.connection.H2Connection):
         # hpack's decoder with a short road for blocks of indexed fields (h2decode);
         # a class swap, so that the state h2's __init__ gave it stays as it is.
         self.decoder.__class__ = h2decode.Decoder
+        # h2 keeps its frame handlers as bound methods in a dict on the connection, a
+        # reference cycle (connection, table, methods, connection): every closed
+        # connection waited for the cyclic collector, rare in a serving process
+        # (gc_young_threshold). h2 reads the table only in _receive_frame, which ours
+        # replaces; our _dispatch_frame takes the same handlers, as functions, from
+        # _FRAME_HANDLERS. Dropped here so that nothing can use it by mistake.
+        del self._frame_dispatch_table
 
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
         for frame in frames:
@@ -109,7 +117,7 @@ class _Connection(h2.connection.H2Connection):
         tests/protocols/test_http2_receive.py compares both on good and bad frames."""
         events: list[h2.events.Event]
         try:
-            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+            frames, events = _FRAME_HANDLERS[frame.__class__](self, frame)
         except h2.exceptions.StreamClosedError as e:
             # Closed by our RST_STREAM: a stream error; otherwise a connection error.
             if self._stream_is_closed_by_reset(e.stream_id):
@@ -134,6 +142,17 @@ class _Connection(h2.connection.H2Connection):
         else:
             self._prepare_for_sending(frames)
         return events
+
+
+def _frame_handlers() -> dict[type[Frame], Callable[..., Any]]:
+    """h2's frame dispatch table, frame class to handler, with the handlers as functions
+    of our class rather than bound methods of one connection; taken from a connection
+    h2 builds, so that it follows h2's own table."""
+    table = h2.connection.H2Connection()._frame_dispatch_table
+    return {kind: getattr(_Connection, method.__name__) for kind, method in table.items()}
+
+
+_FRAME_HANDLERS = _frame_handlers()
 
 
 class H2Protocol(PendingSends, BaseConnection):
@@ -178,19 +197,6 @@ class H2Protocol(PendingSends, BaseConnection):
         self._scan_partial = b""  # a frame header split across reads
         self._block_frames = -1  # CONTINUATIONs of the open header block; -1: none open
         self._block_size = 0
-        self._handlers: dict[type[Any], Any] = {
-            h2.events.PingReceived: self._on_control,
-            h2.events.PriorityUpdated: self._on_priority,
-            h2.events.RequestReceived: self._on_request,
-            h2.events.DataReceived: self._on_data,
-            h2.events.StreamEnded: self._on_stream_ended,
-            h2.events.StreamReset: self._on_stream_reset,
-            h2.events.WindowUpdated: self._on_window_updated,
-            h2.events.RemoteSettingsChanged: self._on_settings_changed,
-            h2.events.ConnectionTerminated: self._on_terminated,
-            h2.events.TrailersReceived: self._on_trailers,
-            h2.events.UnknownFrameReceived: self._on_unknown_frame,
-        }
 
     # --- set-up ------------------------------------------------------------------
 
@@ -250,11 +256,11 @@ class H2Protocol(PendingSends, BaseConnection):
         provoked = h2conn.resets_sent - resets_before
         if provoked and self._reset_counted(provoked):
             return
-        handlers = self._handlers
+        handlers = _EVENT_HANDLERS
         for event in events:
             handler = handlers.get(type(event))
             if handler is not None:
-                handler(event)
+                handler(self, event)
                 if self.closed:
                     return
         if self._sched:
@@ -944,3 +950,22 @@ class H2Protocol(PendingSends, BaseConnection):
             # Announce only the final size, not the oversized one h2 just set.
             encoder.table_size_changes = [n for n in encoder.table_size_changes if n <= cap]
             encoder.header_table_size = cap
+
+
+# What each h2 event is handed to. Functions, not the connection's bound methods: a
+# table of those on the connection was a reference cycle (connection, table, methods,
+# connection), leaving every closed connection to the cyclic collector. (A subclass
+# overriding a handler must put its own in such a table.)
+_EVENT_HANDLERS: dict[type[h2.events.Event], Callable[[H2Protocol, Any], None]] = {
+    h2.events.PingReceived: H2Protocol._on_control,
+    h2.events.PriorityUpdated: H2Protocol._on_priority,
+    h2.events.RequestReceived: H2Protocol._on_request,
+    h2.events.DataReceived: H2Protocol._on_data,
+    h2.events.StreamEnded: H2Protocol._on_stream_ended,
+    h2.events.StreamReset: H2Protocol._on_stream_reset,
+    h2.events.WindowUpdated: H2Protocol._on_window_updated,
+    h2.events.RemoteSettingsChanged: H2Protocol._on_settings_changed,
+    h2.events.ConnectionTerminated: H2Protocol._on_terminated,
+    h2.events.TrailersReceived: H2Protocol._on_trailers,
+    h2.events.UnknownFrameReceived: H2Protocol._on_unknown_frame,
+}

@@ -325,6 +325,9 @@ class H3Protocol(PendingSends):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # Finished: out of the endpoint, no timer. aioquic's own reference cycles are
+        # broken now, or the connection would wait for a cyclic collection.
+        self.quic.release()
 
     # --- output ------------------------------------------------------------------------
 

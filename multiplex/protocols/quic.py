@@ -21,6 +21,7 @@ from aioquic import tls
 from aioquic.buffer import Buffer, size_uint_var  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionAdapter
+from aioquic.quic.crypto import NoCallback
 from aioquic.quic.logger import QuicFileLogger
 from aioquic.quic.packet import (
     QuicPacketType,
@@ -139,6 +140,34 @@ class CreditedQuicConnection(QuicConnection):
             context._ec_private_keys = []
             context._x25519_private_key = None
             context._x448_private_key = None
+
+    def release(self) -> None:
+        """Break the reference cycles aioquic builds into every connection, so that a
+        finished one is freed by reference counting rather than left, about 340 objects
+        (streams, packet spaces, crypto contexts, the TLS context), for a cyclic
+        collection, which a serving process runs rarely (gc_young_threshold).
+
+        Each cycle runs through a callback that is a bound method of the connection:
+        its frame handlers, its loss recovery's probe, its crypto contexts' key logging,
+        its TLS context's callbacks (and the SNI hook, which holds the context itself).
+        Called once the connection is finished (H3Protocol._terminated): the endpoint
+        routes no datagram to it any more and its timer is cancelled, and those are the
+        only roads to the receive path, the loss timer and the handshake, where the
+        callbacks run. What may still come (an app's late send, a transmit already
+        scheduled) only queues stream data or finds the connection closed; and in case
+        anything did reach them, each callback is replaced by one that does nothing
+        rather than deleted, so that nothing can raise for a missing attribute."""
+        self._QuicConnection__frame_handlers: dict[int, Any] = {}
+        self._loss._send_probe = _do_nothing
+        for pair in (*self._cryptos.values(), *self._cryptos_initial.values()):
+            for context in (pair.recv, pair.send):
+                context._setup_cb = context._teardown_cb = NoCallback
+        handshake: tls.Context | None = getattr(self, "tls", None)  # made on the first datagram
+        if handshake is not None:
+            handshake.alpn_cb = None
+            handshake.new_session_ticket_cb = None
+            handshake.update_traffic_key_cb = _do_nothing
+            handshake.__dict__.pop("_server_handle_hello", None)  # _choose_certificate_by_sni
 
     def consume(self, stream_id: int, n: int) -> None:
         self.stream_consumed[stream_id] = self.stream_consumed.get(stream_id, 0) + n
@@ -293,6 +322,10 @@ class _NoEarlyDataContext(tls.Context):
     @early_data_accepted.setter
     def early_data_accepted(self, value: bool) -> None:
         pass
+
+
+def _do_nothing(*args: Any) -> None:
+    """What a finished connection's callbacks become (CreditedQuicConnection.release)."""
 
 
 def _refuse_early_data(context: tls.Context) -> None:

@@ -1,4 +1,5 @@
-"""Object lifetimes on the HTTP/2 hot path: what a finished request leaves behind.
+"""Object lifetimes on the HTTP/2 hot path: what a finished request, and a closed
+connection, leave behind.
 
 Under many concurrent streams the garbage collector's cost grows with the objects that
 are alive when it runs (it runs mid-burst, while a loop turn's new streams wait for
@@ -12,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import ssl
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -23,16 +27,10 @@ from multiplex.config import Config
 from multiplex.protocols.http2 import H2Protocol
 from multiplex.streams.http import HTTPStream
 from multiplex.streams.seam import ConnectionInfo, ServerState
-
-
-@pytest.fixture
-def no_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+from tests import apps
+from tests.conftest import RunningServer
+from tests.protocols.h2raw import RawH2, request_headers
+from tests.protocols.lifetime import connection_refs, server_garbage, settle_until_freed
 
 
 async def _serve_one_batch() -> tuple[H2Protocol, list[weakref.ref[object]], list[HTTPStream]]:
@@ -137,3 +135,73 @@ def test_the_serving_process_raises_the_young_threshold() -> None:
     finally:
         gc.set_threshold(*before)
     assert Config().gc_young_threshold == 20_000
+
+
+# --- a closed connection --------------------------------------------------------------
+#
+# Over a real socket: the server runs in a thread of this process (tests/conftest.py), so
+# `gc.disable()` holds for it too. Once the client has gone and the connection's streams
+# have finished, the protocol, its h2 connection and the transport must be freed by
+# reference counting alone. An idle connection lives as long as its client wants; a
+# closed one left in reference cycles would wait for a collection, rare in a serving
+# process (gc_young_threshold), and be promoted by those it survives.
+
+
+def _h2_connection_objects(running: RunningServer) -> list[weakref.ref[object]]:
+    """Weak references to the server's HTTP/2 connection, its h2 state machine and its
+    transports (under TLS, the SSL layer's and the socket's below it)."""
+    return connection_refs(
+        running,
+        H2Protocol,
+        lambda proto: {proto, proto.h2, proto.transport, proto._socket_transport},
+    )
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+@pytest.mark.usefixtures("no_gc")
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
+def test_a_closed_connection_is_freed_by_refcount(
+    run_server: Callable[..., RunningServer], tls_config: dict[str, Any], tls: bool
+) -> None:
+    running = run_server(apps.hello, **(tls_config if tls else {"h2c": True}))
+    gc.collect()  # what starting the server left (the collector is off)
+    with RawH2(running.port, tls=_tls_context() if tls else None) as client:
+        client.handshake()
+        for stream_id in (1, 3, 5):
+            client.send_headers(stream_id, request_headers())
+            assert client.read_response(stream_id).status == 200
+        refs = _h2_connection_objects(running)
+    assert settle_until_freed(running, refs) == []
+    assert server_garbage() == []
+
+
+@pytest.mark.usefixtures("no_gc")
+def test_a_connection_closed_under_a_running_stream_is_freed_by_refcount(
+    run_server: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream's task outlives the connection: it answers (Wire verbs after
+    connection_lost) and ends only then, and must find the connection usable: what
+    its send raises is the client's disconnect, nothing logged as an error."""
+    gate = apps.Gate()
+    running = run_server(gate, h2c=True)
+    gc.collect()
+    with RawH2(running.port) as client:
+        client.handshake()
+        client.send_headers(1, request_headers("/wait"))
+        client.send_headers(3, request_headers("/now"))
+        assert client.read_response(3).status == 200
+        refs = _h2_connection_objects(running)
+    running.call(lambda: None)
+    assert not running.call(lambda: all(ref() is None for ref in refs))  # the task holds it
+    gate.release(running.loop)
+    assert settle_until_freed(running, refs) == []
+    assert gate.completed == ["/now"]  # /wait's send raised: its client is gone
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert server_garbage() == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import h2.config
 import h2.connection
 import hpack
 import pytest
@@ -27,7 +28,7 @@ from hyperframe.frame import (
 
 from multiplex.config import Config
 from multiplex.protocols.h2setup import new_h2_connection
-from multiplex.protocols.http2 import _Connection
+from multiplex.protocols.http2 import _FRAME_HANDLERS, _Connection
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/")]
@@ -38,6 +39,13 @@ class _H2Dispatch(_Connection):
     """Ours in every way but the dispatch, which is h2's own."""
 
     _dispatch_frame = h2.connection.H2Connection._receive_frame
+
+    def __init__(self, config: h2.config.H2Configuration) -> None:
+        super().__init__(config)
+        # h2's _receive_frame reads the table of bound handlers that ours does without.
+        self._frame_dispatch_table = {
+            kind: handler.__get__(self) for kind, handler in _FRAME_HANDLERS.items()
+        }
 
 
 def _headers(encoder: hpack.Encoder, stream_id: int, fields: Any, end: bool = True) -> Frame:
