@@ -86,8 +86,9 @@ def _certificates() -> tuple[str, str]:
     return str(certs.cert), str(certs.key)
 
 
-def _multiplex(transport: FakeDatagramTransport) -> Callable[[bytes], None]:
-    from interop.benchmarks.apps import app
+def _multiplex(transport: FakeDatagramTransport, app: Any = None) -> Callable[[bytes], None]:
+    """multiplex's QUIC endpoint serving `app` (the benchmark app by default)."""
+    from interop.benchmarks import apps
     from multiplex.config import Config
     from multiplex.protocols.quic import QuicEndpoint, quic_configuration
     from multiplex.streams.seam import ServerState
@@ -100,7 +101,7 @@ def _multiplex(transport: FakeDatagramTransport) -> Callable[[bytes], None]:
         keyfile=key,
         quic_bind=[f"{SERVER_ADDR[0]}:{SERVER_ADDR[1]}"],
     )
-    state = ServerState(app, config, {})
+    state = ServerState(app or apps.app, config, {})
     endpoint = QuicEndpoint(state, quic_configuration(config))
     endpoint.connection_made(transport)  # type: ignore[arg-type]
     return lambda data: endpoint.datagram_received(data, CLIENT_ADDR)
@@ -144,7 +145,12 @@ FACTORIES: dict[str, Callable[[FakeDatagramTransport], Callable[[bytes], None]]]
 class Client:
     """An aioquic HTTP/3 client on a virtual clock, talking to `receive`."""
 
-    def __init__(self, receive: Callable[[bytes], None], transport: FakeDatagramTransport) -> None:
+    def __init__(
+        self,
+        receive: Callable[[bytes], None],
+        transport: FakeDatagramTransport,
+        keep: bool = False,
+    ) -> None:
         configuration = QuicConfiguration(
             is_client=True, alpn_protocols=H3_ALPN, verify_mode=0, server_name="localhost"
         )
@@ -155,6 +161,9 @@ class Client:
         self.now = time.monotonic()
         self.open: set[int] = set()
         self.body = 0
+        # With `keep`, every response as it came: its fields and its body, by stream.
+        self.keep = keep
+        self.responses: dict[int, tuple[list[Any], bytearray]] = {}
         self.client_time = 0.0
         self.datagrams_in = 0
         self.datagrams_out = 0
@@ -192,6 +201,12 @@ class Client:
         event = self.quic.next_event()
         while event is not None:
             for h3_event in self.h3.handle_event(event):
+                if self.keep and isinstance(h3_event, (DataReceived, HeadersReceived)):
+                    fields, body = self.responses.setdefault(h3_event.stream_id, ([], bytearray()))
+                    if isinstance(h3_event, DataReceived):
+                        body += h3_event.data
+                    else:
+                        fields.append(h3_event.headers)
                 if isinstance(h3_event, DataReceived):
                     self.body += len(h3_event.data)
                     if h3_event.stream_ended:

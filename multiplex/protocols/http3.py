@@ -428,6 +428,28 @@ class H3Protocol(PendingSends):
             raise ClientDisconnected(f"stream {stream_id} closed")
         await self._send(stream_id, data, end)
 
+    eager_body = True  # an EagerBodyWire
+
+    def try_send_body(self, stream_id: int, data: bytes, end: bool) -> bool:
+        """`send_body` without its coroutines, for a piece QUIC can take whole now with
+        nobody queued before it; False (nothing done) otherwise. What `_hand_over`
+        does for a piece that fits, without asking for the room twice."""
+        if self._sched or self.closed or stream_id not in self.streams or stream_id in self._raw:
+            return False
+        room = self._room(stream_id)
+        if room is None or room < len(data):
+            return False
+        head = self._heads.pop(stream_id, None) if self._heads else None
+        try:
+            if head is not None:
+                self.h3.send_response(stream_id, head, data, end)
+            else:
+                self.h3.send_data(stream_id, data, end_stream=end)
+        except SEND_ERRORS as exc:
+            raise ClientDisconnected(f"stream {stream_id}: {exc}") from None
+        self._transmit_soon()
+        return True
+
     async def _send(self, stream_id: int, data: bytes, end: bool) -> None:
         if not self._sched:
             # Nobody else is waiting to send: no order to keep, straight to QUIC.
@@ -446,11 +468,15 @@ class H3Protocol(PendingSends):
         if stream is None:
             return None
         sender = stream.sender
+        config = self.config
+        queued = quic.queued
+        # quic.unsent and quic.send_credit, written out: this runs for every response.
+        unsent = queued - quic._remote_max_data_used
         return min(
-            self.config.quic_send_ahead - quic.unsent,
-            quic.send_credit,
+            config.quic_send_ahead - (unsent if unsent > 0 else 0),
+            quic._remote_max_data - queued,
             stream.max_stream_data_remote - sender._buffer_stop,
-            self.config.quic_send_buffer - (sender._buffer_stop - sender._buffer_start),
+            config.quic_send_buffer - (sender._buffer_stop - sender._buffer_start),
         )
 
     def _hand_over(self, stream_id: int, data: bytes, end: bool, most: int) -> bytes | None:

@@ -23,7 +23,15 @@ from typing import Any, cast
 from multiplex.errors import ClientDisconnected
 from multiplex.scheduling import DEFAULT_URGENCY, parse_priority
 from multiplex.streams.common import base_scope, flush_head, log_access, start_app_task
-from multiplex.streams.seam import ConnectionInfo, FileWire, Headers, Request, ServerState, Wire
+from multiplex.streams.seam import (
+    ConnectionInfo,
+    EagerBodyWire,
+    FileWire,
+    Headers,
+    Request,
+    ServerState,
+    Wire,
+)
 
 logger = logging.getLogger("multiplex")
 
@@ -484,6 +492,12 @@ class HTTPStream:
             wire.send_head(self.stream_id, self.status, self._final_headers(len(body)), not body)
             if body:
                 self.body_bytes = len(body)
+                # An EagerBodyWire takes it now when it can (no cast(): it is a call).
+                eager: EagerBodyWire = wire  # type: ignore[assignment]
+                if getattr(wire, "eager_body", False) and eager.try_send_body(
+                    self.stream_id, body, True
+                ):
+                    return None
                 return wire.send_body(self.stream_id, body, True)
             return None
         if self.disconnected:

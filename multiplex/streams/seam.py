@@ -85,6 +85,19 @@ class HeadHoldingWire(Wire, Protocol):
         """Send the held head now: no body piece follows at once."""
 
 
+class EagerBodyWire(Wire, Protocol):
+    """A `Wire` that can take a whole body piece at once, without a coroutine, when
+    nothing has to be waited for (no other stream queued before it, room in every
+    window): for the usual response, one `http.response.body`, that is two coroutines
+    and their awaits less a request."""
+
+    eager_body: bool  # True where this applies
+
+    def try_send_body(self, stream_id: int, data: bytes, end: bool) -> bool:
+        """Hand all of `data` over now and return True, or nothing and return False
+        (then `send_body` does it, with waiting and its errors)."""
+
+
 class WebSocketWire(Wire, Protocol):
     """A `Wire` that can carry WebSockets: the one verb where protocols differ.
 
