@@ -62,6 +62,7 @@ class FakeDatagramTransport:
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.endpoint: Any = None  # multiplex's QuicEndpoint, for tests that look inside
 
     def sendto(self, data: bytes, addr: Any = None) -> None:
         self.sent.append(data)
@@ -104,6 +105,7 @@ def _multiplex(transport: FakeDatagramTransport, app: Any = None) -> Callable[[b
     state = ServerState(app or apps.app, config, {})
     endpoint = QuicEndpoint(state, quic_configuration(config))
     endpoint.connection_made(transport)  # type: ignore[arg-type]
+    transport.endpoint = endpoint
     return lambda data: endpoint.datagram_received(data, CLIENT_ADDR)
 
 

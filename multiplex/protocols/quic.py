@@ -192,8 +192,10 @@ class CreditedQuicConnection(QuicConnection):
         self._discounted.discard(stream_id)
         self.credited_uni.discard(stream_id)
 
-    # aioquic's, with leaner walks over the streams for every packet (see quic_output).
+    # aioquic's, with leaner walks over the streams for every packet, and with
+    # MAX_STREAMS and early ACKs put in packets that go anyway (see quic_output).
     _write_application = write_application
+    coalesce = True
 
     def _write_connection_limits(self, builder: Any, space: Any) -> None:
         limit = self._local_max_data

@@ -23,6 +23,13 @@ found:
   sent go to its end in the order they were served (aioquic appends them in a set's
   order, which is arbitrary).
 
+With `coalesce` on (the connection's attribute; off, the packets are aioquic's exactly),
+two differences in what is sent, each saving a packet that would carry only that frame:
+- the MAX_STREAMS that streams discarded in the walk give the peer goes at the end of the
+  same packet when there is room, rather than in a packet of its own after it;
+- an ACK that is pending but not yet due (aioquic waits 1 ms) rides at the end of a
+  packet that carries something else, rather than leaving alone when its delay is up.
+
 Everything else is aioquic's code as it is, so the module must follow aioquic's: the
 dependency is capped below the next minor release, and tests/protocols/test_quic_output.py
 checks that this and aioquic's give the same datagrams.
@@ -33,7 +40,12 @@ from __future__ import annotations
 from typing import Any
 
 from aioquic import tls
-from aioquic.quic.connection import QuicNetworkPath, stream_is_client_initiated
+from aioquic.quic.connection import (
+    ACK_FRAME_CAPACITY,
+    CONNECTION_LIMIT_FRAME_CAPACITY,
+    QuicNetworkPath,
+    stream_is_client_initiated,
+)
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder, QuicPacketBuilderStop
 from aioquic.quic.stream import QuicStream
@@ -238,6 +250,26 @@ def write_application(
                     stream for stream in self._streams_queue if id(stream) not in gone
                 ]
                 self._streams_queue.extend(sent)
+
+        if self.coalesce:
+            if (
+                discarded
+                and self._handshake_complete
+                and builder.remaining_flight_space >= 3 * CONNECTION_LIMIT_FRAME_CAPACITY
+            ):
+                # The streams just discarded let the peer open new ones: MAX_STREAMS goes
+                # in this packet, where aioquic builds one more packet for it alone.
+                self._write_connection_limits(builder=builder, space=space)
+            if (
+                space.ack_at is not None
+                and packet_type == QuicPacketType.ONE_RTT
+                and not builder.packet_is_empty
+                and builder.remaining_flight_space >= ACK_FRAME_CAPACITY
+            ):
+                # An acknowledgement not yet due rides in a packet that goes anyway,
+                # where aioquic sends it alone when its delay is up (RFC 9000 section
+                # 13.2.1 sets a latest time, not an earliest).
+                self._write_ack_frame(builder=builder, space=space, now=now)
 
         if builder.packet_is_empty:
             # Discarded streams may let the peer open new ones, which the next

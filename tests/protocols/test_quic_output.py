@@ -60,20 +60,27 @@ class _Pair:
             self.round()
         assert self.server._handshake_complete
 
-    def round(self, drop_every: int = 0) -> None:
-        """Server to client, then client to server, then the clock moves on."""
+    def round(self, drop_every: int = 0, server_first: bool = True) -> None:
+        """Server to client, then client to server, then the clock moves on; or only
+        client to server (the server then answers with `answer_now`)."""
         self.now += 0.01
-        for n, (data, _) in enumerate(self.server.datagrams_to_send(now=self.now)):
-            if drop_every and n % drop_every == drop_every - 1:
-                self.dropped += 1
-                continue
-            self.client.receive_datagram(data, SERVER, now=self.now)
+        if server_first:
+            self.answer_now(drop_every)
         for data, _ in self.client.datagrams_to_send(now=self.now):
             self.server.receive_datagram(data, CLIENT, now=self.now)
         for connection in (self.client, self.server):
             timer = connection.get_timer()
             if timer is not None and timer <= self.now:
                 connection.handle_timer(now=self.now)
+
+    def answer_now(self, drop_every: int = 0) -> None:
+        """Server to client, at once: as a server answers in the turn a request came,
+        before the client's packets are due an acknowledgement."""
+        for n, (data, _) in enumerate(self.server.datagrams_to_send(now=self.now)):
+            if drop_every and n % drop_every == drop_every - 1:
+                self.dropped += 1
+                continue
+            self.client.receive_datagram(data, SERVER, now=self.now)
 
     def server_events(self) -> Iterator[Any]:
         event = self.server.next_event()
@@ -90,10 +97,11 @@ class _Pair:
         ]
 
 
-def _scenario(certs: Any) -> tuple[list[list[dict[str, Any]]], int]:
+def _scenario(certs: Any, at_once: bool) -> tuple[list[list[dict[str, Any]]], int]:
     """Requests on 60 streams, then waves of 30 more, answered with 10 bytes to 5 KiB (many per
     packet, and some over several), one reset, one stop, one held after its response, one body
-    still coming (MAX_STREAM_DATA), a loss now and then; the 1-RTT frames sent."""
+    still coming (MAX_STREAM_DATA), a loss now and then; the 1-RTT frames sent. With
+    `at_once`, responses leave in the turn their requests came."""
     pair = _Pair(certs)
     pair.trace._events.clear()
     for n in range(60):
@@ -103,7 +111,8 @@ def _scenario(certs: Any) -> tuple[list[list[dict[str, Any]]], int]:
     answered: set[int] = set()
     uploaded = 0
     for turn in range(60):
-        pair.round(drop_every=2 if turn % 3 == 1 else 0)
+        drop_every = 2 if turn % 3 == 1 else 0
+        pair.round(drop_every, server_first=not at_once)
         for event in pair.server_events():
             if not isinstance(event, StreamDataReceived):
                 continue
@@ -125,6 +134,8 @@ def _scenario(certs: Any) -> tuple[list[list[dict[str, Any]]], int]:
                 pair.server.hold(stream_id)
             size = {4: 5000, 8: 1500}.get(n, 10 + n)
             pair.server.send_stream_data(stream_id, bytes([65 + n % 26]) * size, end_stream=True)
+        if at_once:
+            pair.answer_now(drop_every)
         if turn % 10 == 9:
             # More waves on the same connection, once streams have been discarded.
             for _ in range(30):
@@ -135,7 +146,22 @@ def _scenario(certs: Any) -> tuple[list[list[dict[str, Any]]], int]:
     return pair.sent_frames(), len(pair.server._streams)
 
 
-def test_packet_writer_agrees_with_aioquic(dev_certs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def _aioquics(self: Any, *args: Any, **kwargs: Any) -> None:
+    """aioquic's _write_application, made deterministic (see _InsertionOrderedSet)."""
+    # Only while it writes: the module's other uses of set() stay as they are.
+    aioquic_connection.set = _InsertionOrderedSet  # type: ignore[attr-defined]
+    try:
+        QuicConnection._write_application(self, *args, **kwargs)
+    finally:
+        del aioquic_connection.set  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("at_once", [False, True])
+def test_packet_writer_agrees_with_aioquic(
+    dev_certs: Any, at_once: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `coalesce` off, the same frames in the same packets as aioquic's."""
+    monkeypatch.setattr(CreditedQuicConnection, "coalesce", False)
     limits_calls = frame_calls = 0
     ours_limits = CreditedQuicConnection._write_stream_limits
     ours_frame = CreditedQuicConnection._write_stream_frame
@@ -152,21 +178,13 @@ def test_packet_writer_agrees_with_aioquic(dev_certs: Any, monkeypatch: pytest.M
 
     monkeypatch.setattr(CreditedQuicConnection, "_write_stream_limits", counted)
     monkeypatch.setattr(CreditedQuicConnection, "_write_stream_frame", counted_frame)
-    ours, ours_left = _scenario(dev_certs)
+    ours, ours_left = _scenario(dev_certs, at_once)
     ours_calls, limits_calls = limits_calls, 0
     ours_frames, frame_calls = frame_calls, 0
 
-    def aioquics(self: Any, *args: Any, **kwargs: Any) -> None:
-        # Only while it writes: the module's other uses of set() stay as they are.
-        aioquic_connection.set = _InsertionOrderedSet  # type: ignore[attr-defined]
-        try:
-            QuicConnection._write_application(self, *args, **kwargs)
-        finally:
-            del aioquic_connection.set  # type: ignore[attr-defined]
-
     with monkeypatch.context() as patched:
-        patched.setattr(CreditedQuicConnection, "_write_application", aioquics)
-        theirs, theirs_left = _scenario(dev_certs)
+        patched.setattr(CreditedQuicConnection, "_write_application", _aioquics)
+        theirs, theirs_left = _scenario(dev_certs, at_once)
     theirs_calls = limits_calls
     theirs_frames = frame_calls
 
@@ -175,7 +193,56 @@ def test_packet_writer_agrees_with_aioquic(dev_certs: Any, monkeypatch: pytest.M
     assert ours == theirs
     assert ours_left == theirs_left
     # The short road was taken: streams whose final size is known were passed over
-    # without the call aioquic makes for each.
+    # without the call aioquic makes for each ...
     assert 0 < ours_calls < theirs_calls / 2, (ours_calls, theirs_calls)
     # ... and streams offered to a full packet were passed over without the call.
     assert 0 < ours_frames < theirs_frames, (ours_frames, theirs_frames)
+
+
+def _alone(packets: list[list[dict[str, Any]]], kind: str) -> int:
+    return sum(1 for frames in packets if {frame["frame_type"] for frame in frames} == {kind})
+
+
+def _streams_sent(packets: list[list[dict[str, Any]]]) -> dict[int, tuple[list[int], bool]]:
+    """By stream, in the order streams were first sent: the bytes sent (as merged
+    ranges) and whether the FIN was. Where an ACK or MAX_STREAMS takes room, frames
+    split at other offsets; what each stream got across must not change."""
+    out: dict[int, tuple[list[int], bool]] = {}
+    for frames in packets:
+        for frame in frames:
+            if frame["frame_type"] != "stream":
+                continue
+            ranges, fin = out.get(frame["stream_id"], ([], False))
+            ranges = _merged([*ranges, frame["offset"], frame["offset"] + frame["length"]])
+            out[frame["stream_id"]] = (ranges, fin or frame["fin"])
+    return out
+
+
+def _merged(bounds: list[int]) -> list[int]:
+    pairs = sorted(zip(bounds[::2], bounds[1::2], strict=True))
+    merged: list[int] = []
+    for start, stop in pairs:
+        if merged and start <= merged[-1]:
+            merged[-1] = max(merged[-1], stop)
+        else:
+            merged += [start, stop]
+    return merged
+
+
+def test_coalesced_packets_carry_the_same_streams(
+    dev_certs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `coalesce` on (the default), MAX_STREAMS and ACK frames that aioquic sends
+    in packets of their own ride in packets that go anyway: fewer packets, and every
+    stream's bytes and FIN sent as before."""
+    assert CreditedQuicConnection.coalesce
+    ours, ours_left = _scenario(dev_certs, at_once=True)
+    with monkeypatch.context() as patched:
+        patched.setattr(CreditedQuicConnection, "_write_application", _aioquics)
+        theirs, theirs_left = _scenario(dev_certs, at_once=True)
+    ours_sent, theirs_sent = _streams_sent(ours), _streams_sent(theirs)
+    assert list(ours_sent) == list(theirs_sent)
+    assert ours_sent == theirs_sent
+    assert ours_left == theirs_left
+    assert len(ours) < len(theirs), (len(ours), len(theirs))
+    assert _alone(ours, "ack") < _alone(theirs, "ack"), (_alone(ours, "ack"), _alone(theirs, "ack"))
