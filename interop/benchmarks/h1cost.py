@@ -20,14 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from interop.benchmarks import callgrind
 from interop.benchmarks.apps import HELLO, app
 
 # What wrk sends by default.
@@ -148,34 +145,6 @@ async def drive(server: str, warmup: int, requests: int, profile: bool) -> float
     return elapsed
 
 
-def _callgrind_total(server: str, warmup: int, requests: int) -> int:
-    """Instructions of a whole run under callgrind (startup included)."""
-    out = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            "-m",
-            "interop.benchmarks.h1cost",
-            "--server",
-            server,
-            "--warmup",
-            str(warmup),
-            "--requests",
-            str(requests),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
-    )
-    match = re.search(r"Collected : (\d+)", out.stderr)
-    if match is None:
-        raise RuntimeError(out.stderr[-2000:])
-    return int(match.group(1))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", choices=sorted(FACTORIES), default="multiplex")
@@ -189,10 +158,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.instructions:
-        half = args.requests // 2
-        low = _callgrind_total(args.server, args.warmup, half)
-        high = _callgrind_total(args.server, args.warmup, args.requests)
-        print(f"{args.server}: {(high - low) / (args.requests - half):,.0f} instructions/request")
+        count = callgrind.per_request(
+            "interop.benchmarks.h1cost",
+            lambda n: ["--server", args.server, "--warmup", str(args.warmup), "--requests", str(n)],
+            args.requests,
+        )
+        print(f"{args.server}: {count:,.0f} instructions/request")
         return
     import uvloop
 

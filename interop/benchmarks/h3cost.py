@@ -27,10 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +36,7 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from interop.benchmarks import callgrind
 from interop.benchmarks.apps import HELLO
 from multiplex.config import Config
 
@@ -327,40 +324,6 @@ async def drive(
     }
 
 
-def _callgrind_total(args: argparse.Namespace, requests: int) -> int:
-    """Instructions of a whole run under callgrind (startup included)."""
-    out = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            "-m",
-            "interop.benchmarks.h3cost",
-            "--server",
-            args.server,
-            "--warmup",
-            str(args.warmup),
-            "--requests",
-            str(requests),
-            "--batch",
-            str(args.batch),
-            "--in-flight",
-            str(args.in_flight),
-            "--gc-young",
-            str(args.gc_young),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
-    )
-    match = re.search(r"Collected : (\d+)", out.stderr)
-    if match is None:
-        raise RuntimeError(out.stderr[-2000:])
-    return int(match.group(1))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", choices=sorted(FACTORIES), default="multiplex")
@@ -387,10 +350,16 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.instructions:
-        half = args.requests // 2
-        low = _callgrind_total(args, half)
-        high = _callgrind_total(args, args.requests)
-        print(f"{args.server}: {(high - low) / (args.requests - half):,.0f} instructions/request")
+
+        def run_args(n: int) -> list[str]:
+            return [
+                *("--server", args.server, "--warmup", str(args.warmup), "--requests", str(n)),
+                *("--batch", str(args.batch), "--in-flight", str(args.in_flight)),
+                *("--gc-young", str(args.gc_young)),
+            ]
+
+        count = callgrind.per_request("interop.benchmarks.h3cost", run_args, args.requests)
+        print(f"{args.server}: {count:,.0f} instructions/request")
         return
     import uvloop
 

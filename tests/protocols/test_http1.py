@@ -300,17 +300,23 @@ def upgrade_request(conn: h2.connection.H2Connection) -> bytes:
     )  # fmt: skip
 
 
+def read_head(sock: socket.socket) -> tuple[bytes, bytes]:
+    """A response head from the socket, and whatever came after it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the response head"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
 def test_h2c_upgrade(run_server: RunServer) -> None:
     running = run_server(apps.hello, h2c=True)
     sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
     with H2Client(running.port, sock=sock, upgrade_settings=True) as client:
         sock.sendall(upgrade_request(client.conn))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, "closed before the 101"
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
+        head, rest = read_head(sock)
         assert head.startswith(b"HTTP/1.1 101 ")
         assert b"upgrade: h2c" in head.lower()
         client.flush()  # our connection preface and SETTINGS

@@ -19,6 +19,7 @@ from tests import apps
 from tests.conftest import RunningServer
 from tests.protocols.lifetime import connection_refs, server_garbage, settle_until_freed
 from tests.protocols.rawh2 import H2Client, Response
+from tests.protocols.test_http1 import read_head, upgrade_request
 
 
 def _connect(running: RunningServer, tls: bool) -> socket.socket:
@@ -40,12 +41,7 @@ def _parts(proto: HTTP1Protocol) -> set[object]:
 def _get(sock: socket.socket, path: str = "/") -> bytes:
     """One keep-alive request; the response's head (the body is read and dropped)."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, "closed before the response"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, body = read_head(sock)
     (length,) = [
         int(line.split(b":")[1])
         for line in head.split(b"\r\n")
@@ -86,17 +82,8 @@ def test_a_connection_upgraded_to_h2c_is_freed_by_refcount(
     with H2Client(running.port, sock=sock, upgrade_settings=True) as client:
         assert _get(sock).startswith(b"HTTP/1.1 200 ")
         refs = connection_refs(running, HTTP1Protocol, _parts)
-        settings = client.conn.initiate_upgrade_connection().decode()
-        sock.sendall(
-            b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-            b"Upgrade: h2c\r\nHTTP2-Settings: " + settings.encode() + b"\r\n\r\n"
-        )
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, "closed before the 101"
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
+        sock.sendall(upgrade_request(client.conn))
+        head, rest = read_head(sock)
         assert head.startswith(b"HTTP/1.1 101 ")
         client.flush()  # our connection preface and SETTINGS
         response = client.responses[1] = Response()
