@@ -95,7 +95,8 @@ class EagerBodyWire(Wire, Protocol):
 
     def try_send_body(self, stream_id: int, data: bytes, end: bool) -> bool:
         """Hand all of `data` over now and return True, or nothing and return False
-        (then `send_body` does it, with waiting and its errors)."""
+        (then `send_body` does it, with its waiting). Where handing over fails, raises
+        what `send_body` would (ClientDisconnected)."""
 
 
 class WebSocketWire(Wire, Protocol):
