@@ -11,6 +11,8 @@ import asyncio
 import concurrent.futures
 import os
 import shutil
+import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,6 +56,19 @@ class RunningServer:
     def shutdown(self) -> None:
         """Graceful shutdown, as SIGTERM would do; returns when it is complete."""
         asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(timeout=60)
+
+
+def client_socket(port: int, alpn: str | None = None) -> socket.socket:
+    """A connection to a server on 127.0.0.1: cleartext, or TLS offering `alpn` (the
+    server's development certificate is not checked)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if alpn is not None:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols([alpn])
+        sock = context.wrap_socket(sock, server_hostname="localhost")
+    return sock
 
 
 def require_tool(name: str) -> str:

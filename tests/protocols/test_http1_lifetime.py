@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import logging
 import socket
-import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -16,21 +15,14 @@ import pytest
 from multiplex.protocols.http1 import HTTP1Protocol
 from multiplex.protocols.http2 import H2Protocol
 from tests import apps
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, client_socket
 from tests.protocols.lifetime import connection_refs, server_garbage, settle_until_freed
 from tests.protocols.rawh2 import H2Client, Response
 from tests.protocols.test_http1 import read_head, upgrade_request
 
 
 def _connect(running: RunningServer, tls: bool) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.set_alpn_protocols(["http/1.1"])
-        sock = context.wrap_socket(sock, server_hostname="localhost")
-    return sock
+    return client_socket(running.port, "http/1.1" if tls else None)
 
 
 def _parts(proto: HTTP1Protocol) -> set[object]:

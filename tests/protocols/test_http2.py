@@ -21,7 +21,7 @@ from hyperframe.frame import HeadersFrame
 from multiplex.errors import ClientDisconnected
 from multiplex.protocols.http2 import H2Protocol
 from tests import apps
-from tests.conftest import RunningServer, require_tool
+from tests.conftest import RunningServer, client_socket, require_tool
 from tests.protocols.h2raw import GOAWAY, RawH2, request_headers
 from tests.protocols.rawh2 import H2Client
 
@@ -212,14 +212,7 @@ async def _download(scope: Scope, receive: Any, send: Any) -> None:
 
 def _h2_socket(running: RunningServer, tls: bool) -> socket.socket:
     """A connection to the server, TLS with ALPN h2 or cleartext for h2c."""
-    sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
-    if tls:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.set_alpn_protocols(["h2"])
-        sock = context.wrap_socket(sock, server_hostname="localhost")
-    return sock
+    return client_socket(running.port, "h2" if tls else None)
 
 
 @pytest.mark.parametrize("window", [65535, 2**30])
